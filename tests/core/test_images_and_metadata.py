@@ -1,0 +1,65 @@
+"""Pixel helpers and PNG metadata that other tools (A1111, image browsers) can read."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from sd_core import images
+from sd_core.metadata import a1111_parameters, parse_a1111_parameters, save_png
+
+
+def test_pad_then_crop_returns_the_exact_input():
+    pixels = np.random.default_rng(0).random((67, 93, 3), dtype=np.float32)
+    padded = images.pad_to_multiple(pixels)
+    assert padded.shape == (72, 96, 3)
+    assert np.array_equal(images.crop(padded, 93, 67), pixels)
+
+
+def test_mask_grow_widens_and_feather_softens():
+    mask = np.zeros((32, 32), np.float32)
+    mask[14:18, 14:18] = 1.0
+    grown = images.prepare_mask(mask, grow=3)
+    assert grown.sum() == (4 + 6) ** 2
+    feathered = images.prepare_mask(mask, feather=2)
+    assert 0.0 < feathered[13, 16] < 1.0
+    assert feathered[0, 0] == 0.0
+
+
+def test_composite_keeps_unmasked_pixels_bit_exact():
+    rng = np.random.default_rng(1)
+    original, generated = rng.random((16, 16, 3), dtype=np.float32), rng.random((16, 16, 3), dtype=np.float32)
+    mask = np.zeros((16, 16), np.float32)
+    mask[4:8, 4:8] = 1.0
+    out = images.composite(generated, original, mask)
+    assert np.array_equal(out[mask == 0], original[mask == 0])
+    assert np.array_equal(out[mask == 1], generated[mask == 1])
+
+
+def test_png_carries_a1111_parameters_and_full_json(tmp_path):
+    metadata = {
+        "prompt": "stone wall, moss",
+        "negative_prompt": "blurry",
+        "steps": 20,
+        "scheduler": "dpmpp_2m_karras",
+        "guidance": 7.0,
+        "seed": 1234,
+        "size": "64x48",
+        "model": "tiny",
+        "model_hash": "0123456789",
+        "strength": 0.75,
+        "controlnets": [{"model": "depth", "scale": 1.0, "start": 0.0, "end": 1.0}],
+    }
+    path = save_png(np.zeros((48, 64, 3), np.float32), tmp_path / "out.png", metadata)
+    with Image.open(path) as png:
+        text = png.text
+        assert png.size == (64, 48)
+    parsed = parse_a1111_parameters(text["parameters"])
+    assert parsed["prompt"] == "stone wall, moss"
+    assert parsed["negative_prompt"] == "blurry"
+    assert parsed["Sampler"] == "DPM++ 2M Karras"
+    assert parsed["Seed"] == "1234"
+    assert parsed["Denoising strength"] == "0.75"
+    assert parsed["ControlNet 0"].startswith("Model: depth")
+    assert json.loads(text["sd_core"])["seed"] == 1234
+    assert a1111_parameters(metadata).count("\n") == 2
