@@ -55,7 +55,7 @@ def test_bad_requests_raise_an_artist_readable_error(overrides, message):
 
 
 def test_strength_error_names_the_strength_that_would_work():
-    with pytest.raises(ValidationError, match="at least 0.10"):
+    with pytest.raises(ValidationError, match=r"at least 0\.10"):
         request(image=rgb(), strength=0.05, steps=10).validate()
 
 

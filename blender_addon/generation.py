@@ -1,0 +1,171 @@
+"""The add-on's one-way flow: capture the scene -> build a request -> (worker generates) -> write back.
+
+Both the Generate operator and the headless command go through these functions; only how they wait
+differs (a timer polling the job runner, or a blocking wait).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import bpy
+
+from sd_core.depth import depth_to_control_image
+from sd_core.errors import ValidationError
+from sd_core.request import ControlSpec, GenerationRequest
+
+from . import capture, writeback
+from .jobs import Job, JobRunner
+from .preferences import get_preferences
+from .properties import SDSettings
+
+_runner: JobRunner | None = None
+
+
+def runner(context: bpy.types.Context | None = None) -> JobRunner:
+    """The add-on's single job runner, configured from the current preferences."""
+    global _runner
+    settings = get_preferences(context).engine_settings()
+    if _runner is None:
+        _runner = JobRunner(settings)
+    else:
+        _runner.configure(settings)
+    return _runner
+
+
+def current_runner() -> JobRunner | None:
+    return _runner
+
+
+def shutdown_runner() -> None:
+    """On unregister: cancel what runs and free the models (the daemon thread then idles)."""
+    global _runner
+    if _runner is not None:
+        _runner.cancel()
+        _runner.unload()
+        _runner = None
+
+
+@dataclass
+class Plan:
+    """What the main thread decided before handing the work over: the request and how to write back."""
+
+    request: GenerationRequest
+    scene_name: str
+    project_objects: list[str] = field(default_factory=list)
+    camera_capture: Any = None
+
+
+def selected_meshes(context: bpy.types.Context) -> list[bpy.types.Object]:
+    selected = list(context.selected_objects)
+    not_meshes = [obj.name for obj in selected if obj.type != "MESH"]
+    if not_meshes:
+        raise ValidationError(
+            f"Only meshes can be inpainted or textured; deselect: {', '.join(not_meshes[:5])}"
+            + ("..." if len(not_meshes) > 5 else "")
+            + "."
+        )
+    return selected
+
+
+@contextmanager
+def _render_size(scene: bpy.types.Scene, settings: SDSettings):
+    """Render at the custom size when 'Size from Render' is off; restore the scene's own size after."""
+    render = scene.render
+    saved = (render.resolution_x, render.resolution_y, render.resolution_percentage)
+    if not settings.size_from_render:
+        render.resolution_x, render.resolution_y, render.resolution_percentage = settings.width, settings.height, 100
+    try:
+        yield
+    finally:
+        render.resolution_x, render.resolution_y, render.resolution_percentage = saved
+
+
+def plan_generation(context: bpy.types.Context) -> Plan:
+    """Capture the inputs the settings ask for and build the request; raises ValidationError early."""
+    scene = context.scene
+    settings: SDSettings = scene.sd_settings
+    model = settings.model.strip()
+    if not model:
+        raise ValidationError("No model is configured: pick one in the Stable Diffusion panel (or its preferences).")
+    needs_selection = settings.mode == "INPAINT" and settings.source == "CAMERA"
+    objects = selected_meshes(context) if (needs_selection or settings.project_to_selected) else []
+    if (needs_selection or settings.project_to_selected) and not objects:
+        raise ValidationError("Select the mesh objects to inpaint or texture first.")
+
+    image = mask = depth = None
+    camera_capture = None
+    if settings.source == "CAMERA":
+        with _render_size(scene, settings):
+            camera_capture = capture.capture_camera(scene, objects)
+        image, depth = camera_capture.color, camera_capture.depth
+        if settings.mode == "INPAINT":
+            mask = camera_capture.mask
+    elif settings.source == "IMAGE":
+        if settings.source_image is None:
+            raise ValidationError("Choose the image to work on (Image Editor source).")
+        image, mask = capture.capture_image_editor(settings.source_image, settings.mask_image)
+        if settings.mode != "INPAINT":
+            mask = None
+    else:
+        raise ValidationError("Viewport capture needs Blender's interface; use the Scene Camera source here.")
+
+    controls: tuple[ControlSpec, ...] = ()
+    if settings.use_depth and depth is not None:
+        if not settings.depth_model.strip():
+            raise ValidationError("Depth ControlNet is on but no depth model is chosen: pick one or turn it off.")
+        controls = (ControlSpec(settings.depth_model.strip(), depth_to_control_image(depth), settings.depth_scale),)
+
+    height, width = image.shape[:2]
+    request = GenerationRequest(
+        model=model,
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        image=image if settings.mode != "TXT2IMG" else None,
+        mask=mask,
+        controls=controls,
+        width=width,
+        height=height,
+        strength=settings.strength,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        seed=None if settings.random_seed else settings.seed,
+        batch_size=settings.batch_size,
+        scheduler=settings.scheduler,
+        tiling=settings.tiling,
+        mask_grow=settings.mask_grow,
+        mask_feather=settings.mask_feather,
+    )
+    request.validate()
+    return Plan(request, scene.name, [obj.name for obj in objects], camera_capture)
+
+
+def submit(context: bpy.types.Context) -> Job:
+    plan = plan_generation(context)
+    return runner(context).submit(plan.request, context={"plan": plan})
+
+
+def apply_finished(job: Job) -> list[bpy.types.Image]:
+    """Main thread: turn a finished job into Blender images (and baked textures when asked)."""
+    plan: Plan = job.context["plan"]
+    scene = bpy.data.scenes.get(plan.scene_name)
+    if job.result is None or scene is None:
+        return []
+    settings: SDSettings = scene.sd_settings
+    created = []
+    for generated in job.result.images:
+        image = writeback.write_result(generated, settings)
+        writeback.add_history(scene, image, generated.seed)
+        created.append(image)
+    if created:
+        settings.last_result = created[0]
+        if plan.project_objects and settings.project_to_selected:
+            from . import bake
+
+            objects = [bpy.data.objects[name] for name in plan.project_objects if name in bpy.data.objects]
+            bake.project_onto_meshes(
+                job.result.images[0].pixels, plan.camera_capture, objects, resolution=settings.bake_resolution
+            )
+    return created

@@ -1,0 +1,152 @@
+"""Operators: thin. They plan a job on the main thread, hand it to the runner, and return at once.
+
+A timer (main thread) polls the runner, shows step previews and writes finished results back;
+the diffusion itself never runs on Blender's main thread.
+"""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import EnumProperty, IntProperty
+
+from sd_core.errors import SDCoreError
+
+from . import generation, writeback
+from .jobs import Job
+from .properties import PRESET_ITEMS, PRESETS, restore_settings
+
+POLL_INTERVAL_S = 0.1
+
+
+def _status(text: str, fraction: float = 0.0) -> None:
+    wm = bpy.context.window_manager
+    wm.sd_status = text
+    wm.sd_progress = fraction
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type in {"VIEW_3D", "IMAGE_EDITOR", "PREFERENCES"}:
+                area.tag_redraw()
+
+
+def _finish(job: Job) -> None:
+    if job.state == "done":
+        images = generation.apply_finished(job)
+        _status(f"Done: {', '.join(image.name for image in images)}", 1.0)
+    elif job.state == "cancelled":
+        _status("Cancelled.")
+    else:
+        _status(f"Error: {job.error}")
+        print(f"Stable Diffusion: {job.error}")
+
+
+def poll_jobs() -> float | None:
+    """The timer: apply events from the worker; keep ticking while jobs are active."""
+    active_runner = generation.current_runner()
+    if active_runner is None:
+        return None
+    for event in active_runner.poll():
+        if event.kind == "finished":
+            _finish(event.job)
+        elif event.job.progress is not None:
+            progress = event.job.progress
+            if progress.preview is not None:
+                writeback.show_preview(progress.preview)
+            _status(f"Step {progress.step}/{progress.total}", event.job.fraction())
+    return POLL_INTERVAL_S if active_runner.active_jobs() else None
+
+
+class SD_OT_generate(bpy.types.Operator):
+    """Capture the scene and generate with Stable Diffusion (runs in the background)"""
+
+    bl_idname = "sd.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            job = generation.submit(context)
+        except SDCoreError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        _status(f"Queued job {job.id}...")
+        if not bpy.app.timers.is_registered(poll_jobs):
+            bpy.app.timers.register(poll_jobs, first_interval=POLL_INTERVAL_S)
+        return {"FINISHED"}
+
+
+class SD_OT_cancel(bpy.types.Operator):
+    """Stop the running generation within one step"""
+
+    bl_idname = "sd.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        active_runner = generation.current_runner()
+        if active_runner is not None:
+            active_runner.cancel()
+        return {"FINISHED"}
+
+
+class SD_OT_unload_models(bpy.types.Operator):
+    """Free the loaded models from RAM and GPU memory"""
+
+    bl_idname = "sd.unload_models"
+    bl_label = "Unload Models"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        generation.shutdown_runner()
+        self.report({"INFO"}, "Models unloaded.")
+        return {"FINISHED"}
+
+
+class SD_OT_restore_history(bpy.types.Operator):
+    """Restore the settings (and seed) that produced this history entry"""
+
+    bl_idname = "sd.restore_history"
+    bl_label = "Restore Settings"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: IntProperty(default=-1)  # type: ignore[valid-type]
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        scene = context.scene
+        index = self.index if self.index >= 0 else scene.sd_history_index
+        if not 0 <= index < len(scene.sd_history):
+            self.report({"WARNING"}, "Pick a history entry first.")
+            return {"CANCELLED"}
+        restore_settings(scene.sd_settings, scene.sd_history[index].settings())
+        scene.sd_settings.random_seed = False
+        return {"FINISHED"}
+
+
+class SD_OT_apply_preset(bpy.types.Operator):
+    """Set the panel up for a common task"""
+
+    bl_idname = "sd.apply_preset"
+    bl_label = "Apply Preset"
+    bl_options = {"REGISTER", "UNDO"}
+
+    preset: EnumProperty(items=PRESET_ITEMS)  # type: ignore[valid-type]
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        restore_settings(context.scene.sd_settings, PRESETS[self.preset])
+        return {"FINISHED"}
+
+
+CLASSES = (SD_OT_generate, SD_OT_cancel, SD_OT_unload_models, SD_OT_restore_history, SD_OT_apply_preset)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.WindowManager.sd_status = bpy.props.StringProperty()
+    bpy.types.WindowManager.sd_progress = bpy.props.FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
+
+
+def unregister() -> None:
+    if bpy.app.timers.is_registered(poll_jobs):
+        bpy.app.timers.unregister(poll_jobs)
+    del bpy.types.WindowManager.sd_progress
+    del bpy.types.WindowManager.sd_status
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,406 @@
+"""Camera projection texturing, Blender-free: put a generated picture back onto the surfaces it shows.
+
+The picture was generated from one camera view, so a surface point gets the colour of the pixel it
+projects to - but only where that camera really saw it. Three tests decide that, per point:
+
+* in frame: it projects inside the image and between the clip planes;
+* not occluded: nothing in the rendered depth map is nearer than the point (Dream Textures skips this,
+  so hidden faces get foreground colours);
+* facing: the cosine between its normal and the direction to the camera; back-facing is 0.
+
+The product is a per-view *weight*; single-view baking keeps texels with weight > 0, multi-view fusion
+can later blend several views' samples by their weights.
+
+Texture space work happens per texel, not per vertex: every UV triangle is rasterised, and each texel's
+world position and normal are interpolated with its barycentric coordinates. The UV-to-world map is
+affine inside a triangle, so this is exact; only then is the position projected through the camera,
+which makes the lookup perspective-correct (per-vertex UVs warp large faces).
+
+Conventions: cameras follow Blender/OpenGL (camera looks down -Z, +Y up, OpenGL clip space); images
+are top row first; pixel (column i, row j) covers [i, i + 1) x [j, j + 1), so its centre is at
+(i + 0.5, j + 0.5). Texture arrays are top row first too: UV v = 1 is row 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sd_core.errors import ValidationError
+
+MAX_SLOPE = 20.0
+"""Cap on tan(view angle) for the slope term of the depth tolerance (about 87 degrees)."""
+
+RASTER_CHUNK_TEXELS = 1 << 22
+"""Candidate texels tested per batch: bounds memory of the vectorised rasteriser (~4M x ~80 bytes)."""
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """A pinhole or orthographic camera as plain matrices: what projection needs, nothing Blender-specific.
+
+    ``view_matrix`` maps world to camera space (the inverse of the camera's world matrix, scale-free);
+    ``projection_matrix`` maps camera space to OpenGL clip space for an image ``width`` x ``height``.
+    """
+
+    view_matrix: np.ndarray
+    projection_matrix: np.ndarray
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        for name in ("view_matrix", "projection_matrix"):
+            matrix = np.asarray(getattr(self, name), dtype=np.float64)
+            if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+                raise ValidationError(f"The camera's {name.replace('_', ' ')} must be a finite 4x4 matrix.")
+            object.__setattr__(self, name, matrix)
+        if self.width < 1 or self.height < 1:
+            raise ValidationError(f"The camera image size must be positive, got {self.width}x{self.height}.")
+
+    @property
+    def is_orthographic(self) -> bool:
+        """OpenGL orthographic matrices have a last row of (0, 0, 0, 1); perspective ones (0, 0, -1, 0)."""
+        return bool(self.projection_matrix[3, 3] == 1.0 and self.projection_matrix[3, 2] == 0.0)
+
+    @property
+    def camera_to_world(self) -> np.ndarray:
+        """The camera's world matrix (its position is the last column)."""
+        return np.linalg.inv(self.view_matrix)
+
+    def pixel_footprint(self, depth: np.ndarray) -> np.ndarray:
+        """World-space size of one pixel at the given planar depth (the larger of its two sides)."""
+        per_unit = max(
+            2.0 / (self.projection_matrix[0, 0] * self.width), 2.0 / (self.projection_matrix[1, 1] * self.height)
+        )
+        if self.is_orthographic:
+            return np.full_like(depth, per_unit)
+        return depth * per_unit
+
+
+@dataclass(frozen=True)
+class ProjectedPoints:
+    """Where world points land in a camera image.
+
+    ``pixel_xy`` (N, 2): continuous pixel coordinates, top-left origin; ``depth`` (N,): planar depth along
+    the view axis (what Cycles' Z pass stores); ``in_frame`` (N,): inside the image and the clip range.
+    """
+
+    pixel_xy: np.ndarray
+    depth: np.ndarray
+    in_frame: np.ndarray
+
+
+def _as_points(points: np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValidationError(f"{what} must be an (N, 3) array, got shape {array.shape}.")
+    return array
+
+
+def project_points(camera: CameraModel, points: np.ndarray) -> ProjectedPoints:
+    """Project (N, 3) world points through the camera into its image."""
+    world = _as_points(points, "Points")
+    homogeneous = np.concatenate([world, np.ones((len(world), 1))], axis=1)
+    camera_space = homogeneous @ camera.view_matrix.T
+    clip = camera_space @ camera.projection_matrix.T
+    w = clip[:, 3]
+    in_front = w > 1e-12
+    safe_w = np.where(in_front, w, 1.0)
+    ndc = clip[:, :3] / safe_w[:, None]
+    pixel_xy = np.stack(
+        [(ndc[:, 0] + 1.0) * 0.5 * camera.width, (1.0 - ndc[:, 1]) * 0.5 * camera.height],
+        axis=1,
+    )
+    in_frame = (
+        in_front
+        & (np.abs(ndc[:, 2]) <= 1.0)
+        & (pixel_xy[:, 0] >= 0.0)
+        & (pixel_xy[:, 0] < camera.width)
+        & (pixel_xy[:, 1] >= 0.0)
+        & (pixel_xy[:, 1] < camera.height)
+    )
+    return ProjectedPoints(pixel_xy=pixel_xy, depth=-camera_space[:, 2], in_frame=in_frame)
+
+
+def facing_weight(camera: CameraModel, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Cosine between each unit normal and the direction to the camera; 0 for back-facing points."""
+    world = _as_points(points, "Points")
+    unit_normals = _as_points(normals, "Normals")
+    camera_to_world = camera.camera_to_world
+    if camera.is_orthographic:
+        to_camera = np.broadcast_to(camera_to_world[:3, 2], world.shape)
+    else:
+        to_camera = camera_to_world[:3, 3] - world
+    length = np.linalg.norm(to_camera, axis=1, keepdims=True)
+    cosine = np.einsum("ij,ij->i", unit_normals, to_camera / np.maximum(length, 1e-12))
+    return np.clip(cosine, 0.0, 1.0)
+
+
+def depth_test(
+    camera: CameraModel,
+    projected: ProjectedPoints,
+    depth_map: np.ndarray,
+    facing: np.ndarray,
+    *,
+    relative_tolerance: float = 0.005,
+) -> np.ndarray:
+    """True where nothing in ``depth_map`` (H, W planar depth, background >= 1e9 or inf) is in front of the point.
+
+    The point is compared with the depth of the pixel it falls in. That depth belongs to the pixel
+    centre, up to ~0.7 px away, so on a slanted surface the two differ by about
+    footprint x tan(view angle) - the slope term, as in shadow mapping. ``relative_tolerance`` covers
+    float error and tessellation differences (the renderer may see a subdivided surface).
+    """
+    if depth_map.shape != (camera.height, camera.width):
+        raise ValidationError(
+            f"The depth map is {depth_map.shape[1]}x{depth_map.shape[0]} but the camera renders "
+            f"{camera.width}x{camera.height}."
+        )
+    columns = np.clip(np.floor(projected.pixel_xy[:, 0]).astype(np.int64), 0, camera.width - 1)
+    rows = np.clip(np.floor(projected.pixel_xy[:, 1]).astype(np.int64), 0, camera.height - 1)
+    rendered = depth_map[rows, columns].astype(np.float64)
+    cosine = np.maximum(facing, 1.0 / np.hypot(1.0, MAX_SLOPE))
+    slope = np.minimum(np.sqrt(1.0 - cosine**2) / cosine, MAX_SLOPE)
+    tolerance = relative_tolerance * projected.depth + camera.pixel_footprint(projected.depth) * slope
+    return projected.depth <= np.nan_to_num(rendered, nan=np.inf, posinf=np.inf) + tolerance
+
+
+@dataclass(frozen=True)
+class ViewSamples:
+    """One camera's view of a set of surface points: where each lands and how much the view is trusted.
+
+    ``weight`` is the facing cosine where the point is in frame, not occluded and front-facing, else 0.
+    Multi-view fusion blends views by these weights.
+    """
+
+    pixel_xy: np.ndarray
+    weight: np.ndarray
+
+
+def view_samples(
+    camera: CameraModel,
+    depth_map: np.ndarray,
+    points: np.ndarray,
+    normals: np.ndarray,
+    *,
+    relative_tolerance: float = 0.005,
+) -> ViewSamples:
+    """Project points into one view and weight them by frame, occlusion and facing tests."""
+    projected = project_points(camera, points)
+    facing = facing_weight(camera, points, normals)
+    visible = projected.in_frame & (facing > 0.0)
+    visible &= depth_test(camera, projected, depth_map, facing, relative_tolerance=relative_tolerance)
+    return ViewSamples(pixel_xy=projected.pixel_xy, weight=np.where(visible, facing, 0.0).astype(np.float32))
+
+
+def sample_bilinear(image: np.ndarray, pixel_xy: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of an (H, W, C) image at continuous pixel coordinates (N, 2); edges clamp."""
+    height, width = image.shape[:2]
+    x = np.clip(pixel_xy[:, 0] - 0.5, 0.0, width - 1.0)
+    y = np.clip(pixel_xy[:, 1] - 0.5, 0.0, height - 1.0)
+    x0 = np.minimum(np.floor(x).astype(np.int64), width - 2) if width > 1 else np.zeros(len(x), np.int64)
+    y0 = np.minimum(np.floor(y).astype(np.int64), height - 2) if height > 1 else np.zeros(len(y), np.int64)
+    x1 = np.minimum(x0 + 1, width - 1)
+    y1 = np.minimum(y0 + 1, height - 1)
+    fx = (x - x0)[:, None]
+    fy = (y - y0)[:, None]
+    top = image[y0, x0] * (1.0 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1.0 - fx) + image[y1, x1] * fx
+    return (top * (1.0 - fy) + bottom * fy).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TexelSamples:
+    """Texel centres covered by UV triangles, for a ``width`` x ``height`` texture (top row first).
+
+    ``texel_index`` is the flat row-major index; ``triangle`` the covering triangle; ``barycentric`` (M, 3)
+    its weights there. A texel covered by several triangles (overlapping UVs) belongs to the first.
+    """
+
+    texel_index: np.ndarray
+    triangle: np.ndarray
+    barycentric: np.ndarray
+    width: int
+    height: int
+
+    def island_mask(self) -> np.ndarray:
+        """(H, W) bool: texels whose centre lies inside some UV triangle."""
+        mask = np.zeros(self.height * self.width, dtype=bool)
+        mask[self.texel_index] = True
+        return mask.reshape(self.height, self.width)
+
+    def interpolate(self, corner_values: np.ndarray) -> np.ndarray:
+        """Per-corner values (T, 3, C) to per-texel values (M, C) by barycentric interpolation."""
+        return np.einsum("mk,mkc->mc", self.barycentric, corner_values[self.triangle])
+
+
+def rasterize_uv(uv_triangles: np.ndarray, width: int, height: int) -> TexelSamples:
+    """Find every texel centre inside the (T, 3, 2) UV triangles, vectorised in batches of bbox rows."""
+    uv = np.asarray(uv_triangles, dtype=np.float64)
+    if uv.ndim != 3 or uv.shape[1:] != (3, 2):
+        raise ValidationError(f"UV triangles must be a (T, 3, 2) array, got shape {uv.shape}.")
+    if width < 1 or height < 1:
+        raise ValidationError(f"The texture size must be positive, got {width}x{height}.")
+    # Texel space: texel (column i, row j) has its centre at integer (i, j); v = 1 is row 0.
+    corners = np.stack([uv[..., 0] * width - 0.5, (1.0 - uv[..., 1]) * height - 0.5], axis=-1)
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
+    doubled_area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    column_min = np.clip(np.ceil(corners[..., 0].min(axis=1)), 0, width - 1).astype(np.int64)
+    column_max = np.clip(np.floor(corners[..., 0].max(axis=1)), 0, width - 1).astype(np.int64)
+    row_min = np.clip(np.ceil(corners[..., 1].min(axis=1)), 0, height - 1).astype(np.int64)
+    row_max = np.clip(np.floor(corners[..., 1].max(axis=1)), 0, height - 1).astype(np.int64)
+    box_width = column_max - column_min + 1
+    box_height = row_max - row_min + 1
+    usable = (np.abs(doubled_area) > 1e-12) & (corners[..., 0].max(axis=1) >= 0) & (corners[..., 1].max(axis=1) >= 0)
+    usable &= (corners[..., 0].min(axis=1) <= width - 1) & (corners[..., 1].min(axis=1) <= height - 1)
+    usable &= (box_width > 0) & (box_height > 0)
+    triangles = np.flatnonzero(usable)
+
+    # One work unit = one bbox row of one triangle, so even a triangle spanning the texture is batched.
+    row_triangle = np.repeat(triangles, box_height[triangles])
+    row_offset = np.arange(len(row_triangle)) - np.repeat(
+        np.cumsum(box_height[triangles]) - box_height[triangles], box_height[triangles]
+    )
+    row_y = row_min[row_triangle] + row_offset
+    row_cost = np.cumsum(box_width[row_triangle])
+
+    found_index: list[np.ndarray] = []
+    found_triangle: list[np.ndarray] = []
+    found_weights: list[np.ndarray] = []
+    start = 0
+    while start < len(row_triangle):
+        before = row_cost[start - 1] if start else 0
+        stop = max(int(np.searchsorted(row_cost, before + RASTER_CHUNK_TEXELS, side="right")), start + 1)
+        unit_triangle = row_triangle[start:stop]
+        counts = box_width[unit_triangle]
+        triangle = np.repeat(unit_triangle, counts)
+        x = np.repeat(column_min[unit_triangle], counts) + (
+            np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        )
+        y = np.repeat(row_y[start:stop], counts)
+        weights = _barycentric(a[triangle], b[triangle], c[triangle], doubled_area[triangle], x, y)
+        inside = (weights >= -1e-9).all(axis=1)
+        found_index.append(y[inside] * width + x[inside])
+        found_triangle.append(triangle[inside])
+        found_weights.append(weights[inside])
+        start = stop
+
+    texel_index = np.concatenate(found_index) if found_index else np.zeros(0, np.int64)
+    texel_index, first = np.unique(texel_index, return_index=True)
+    return TexelSamples(
+        texel_index=texel_index,
+        triangle=np.concatenate(found_triangle)[first] if found_triangle else np.zeros(0, np.int64),
+        barycentric=np.concatenate(found_weights)[first] if found_weights else np.zeros((0, 3)),
+        width=width,
+        height=height,
+    )
+
+
+def _barycentric(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, doubled_area: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> np.ndarray:
+    """(M, 3) barycentric weights of points (x, y) in triangles abc, from signed sub-triangle areas."""
+
+    def edge(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        return (q[:, 0] - p[:, 0]) * (y - p[:, 1]) - (q[:, 1] - p[:, 1]) * (x - p[:, 0])
+
+    return np.stack([edge(b, c), edge(c, a), edge(a, b)], axis=1) / doubled_area[:, None]
+
+
+def dilate(values: np.ndarray, known: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grow ``values`` (H, W, C) from ``known`` (H, W) texels into unknown neighbours, one ring per iteration.
+
+    Each newly filled texel takes the mean of its known 8-neighbours. Used for padding past UV island
+    edges (so bilinear/mip filtering at a seam never reads unfilled texels) and for bleeding colour under
+    transparent texels (so filtering at an occlusion edge does not pull in black).
+    """
+    filled = np.array(values, dtype=np.float32, copy=True)
+    known_now = np.array(known, dtype=bool, copy=True)
+    height, width = known_now.shape
+    for _ in range(iterations):
+        padded_values = np.pad(filled * known_now[..., None], ((1, 1), (1, 1), (0, 0)))
+        padded_known = np.pad(known_now, 1).astype(np.float32)
+        total = np.zeros_like(filled)
+        count = np.zeros((height, width), dtype=np.float32)
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                if dy == 1 and dx == 1:
+                    continue
+                total += padded_values[dy : dy + height, dx : dx + width]
+                count += padded_known[dy : dy + height, dx : dx + width]
+        grow = ~known_now & (count > 0)
+        if not grow.any():
+            break
+        filled[grow] = total[grow] / count[grow, None]
+        known_now |= grow
+    return filled, known_now
+
+
+@dataclass(frozen=True)
+class TextureProjection:
+    """A picture projected into a UV texture (top row first).
+
+    ``color`` (H, W, 3) is straight colour, valid where ``weight`` > 0 (black elsewhere); ``weight`` (H, W)
+    the view weight (0: not seen); ``islands`` (H, W) texels inside UV triangles.
+    """
+
+    color: np.ndarray
+    weight: np.ndarray
+    islands: np.ndarray
+
+    def rgba(self, *, min_facing: float = 0.0, padding: int = 4) -> np.ndarray:
+        """(H, W, 4) texture to layer over the old surface: alpha 1 where seen, padded past island edges.
+
+        Colour bleeds ``padding`` texels around what was seen, under transparent texels too, so texture
+        filtering at an occlusion edge never pulls in black. Alpha grows only into texels outside every
+        island, so hidden texels inside an island stay transparent (the old surface shows there) while
+        seams get ``padding`` texels of margin.
+        """
+        seen = self.weight > min_facing
+        color, _ = dilate(self.color, seen, padding)
+        alpha, _ = dilate(seen[..., None].astype(np.float32), self.islands, padding)
+        return np.concatenate([color, alpha], axis=2)
+
+
+def project_to_texture(
+    camera: CameraModel,
+    image: np.ndarray,
+    depth_map: np.ndarray,
+    uv_triangles: np.ndarray,
+    corner_positions: np.ndarray,
+    corner_normals: np.ndarray,
+    width: int,
+    height: int,
+    *,
+    relative_tolerance: float = 0.005,
+) -> TextureProjection:
+    """Project ``image`` (h, w, 3), generated for ``camera``, into a ``width`` x ``height`` UV texture.
+
+    Mesh data come per triangle corner, in world space: ``uv_triangles`` (T, 3, 2),
+    ``corner_positions`` (T, 3, 3), ``corner_normals`` (T, 3, 3). The image may have another size than
+    the camera render (a diffusion model's output size) as long as it covers the same frame: pixel
+    positions are scaled; ``depth_map`` must be the camera render's size.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValidationError(f"The image to project must be (height, width, 3), got shape {image.shape}.")
+    triangle_count = len(uv_triangles)
+    for name, array in (("corner positions", corner_positions), ("corner normals", corner_normals)):
+        if np.shape(array) != (triangle_count, 3, 3):
+            raise ValidationError(f"Mesh {name} must be ({triangle_count}, 3, 3), got {np.shape(array)}.")
+    texels = rasterize_uv(uv_triangles, width, height)
+    points = texels.interpolate(np.asarray(corner_positions, dtype=np.float64))
+    normals = texels.interpolate(np.asarray(corner_normals, dtype=np.float64))
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+    samples = view_samples(camera, depth_map, points, normals, relative_tolerance=relative_tolerance)
+    scale = np.array([image.shape[1] / camera.width, image.shape[0] / camera.height])
+    colors = sample_bilinear(np.asarray(image, dtype=np.float32), samples.pixel_xy * scale)
+
+    color = np.zeros((height * width, 3), dtype=np.float32)
+    weight = np.zeros(height * width, dtype=np.float32)
+    color[texels.texel_index] = colors
+    weight[texels.texel_index] = samples.weight
+    return TextureProjection(
+        color=color.reshape(height, width, 3), weight=weight.reshape(height, width), islands=texels.island_mask()
+    )
