@@ -127,6 +127,14 @@ bpy.ops.wm.save_userpref()
 print(MARKER + json.dumps({"removed": installed}))
 """
 
+DISABLE_EXTENSION_CODE = """
+import json, addon_utils, bpy
+if MODULE in bpy.context.preferences.addons:
+    addon_utils.disable(MODULE, default_set=True)
+    bpy.ops.wm.save_userpref()
+print(MARKER + json.dumps({"enabled": MODULE in bpy.context.preferences.addons}))
+"""
+
 VERIFY_CODE = """
 import importlib, json, sys, addon_utils, bpy
 result = {"enabled": MODULE in bpy.context.preferences.addons and bool(addon_utils.check(MODULE)[1])}
@@ -493,10 +501,10 @@ def install(plan: Plan) -> None:
             raise InstallError("The installed add-on does not work:\n  " + "\n  ".join(problems))
     except InstallError as error:
         try:
-            uninstall_extension(plan.blender)
-            undo = "The add-on was removed again; the dependencies were kept for the next attempt."
+            target.run(DISABLE_EXTENSION_CODE, user_preferences=True, MODULE=EXTENSION_MODULE)
+            undo = "The add-on was disabled again; run install.py again once the cause is fixed."
         except InstallError:
-            undo = "Removing the broken add-on failed too: run install.py --uninstall."
+            undo = "Disabling the broken add-on failed too: run install.py --uninstall."
         raise InstallError(f"{error}\n{undo}") from error
     print(f"Done: {EXTENSION_MODULE} is enabled in Blender {plan.blender.version_string}; device: {report['device']}")
 
@@ -524,14 +532,15 @@ def check(plan: Plan) -> bool:
 
 
 def uninstall(blender: BlenderInfo) -> None:
-    removed = uninstall_extension(blender)
+    """Blender's uninstaller deletes the extension's user folder too; delete it here for a never-enabled add-on."""
     user_folder = blender.deps.parent
-    had_data = user_folder.exists()
+    had_dependencies = user_folder.exists()
+    removed = uninstall_extension(blender)
     shutil.rmtree(user_folder, ignore_errors=True)
     if user_folder.exists():
         raise InstallError(f"Could not delete {user_folder}: close Blender and run install.py --uninstall again.")
-    if removed or had_data:
-        print(f"Removed the add-on{' and its dependencies in ' + str(user_folder) if had_data else ''}.")
+    if removed or had_dependencies:
+        print(f"Removed the add-on and its private dependencies ({user_folder}).")
     else:
         print("Nothing to remove: the add-on is not installed.")
 

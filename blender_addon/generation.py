@@ -14,7 +14,7 @@ import bpy
 
 from sd_core.depth import depth_to_control_image
 from sd_core.errors import ValidationError
-from sd_core.request import ControlSpec, GenerationRequest
+from sd_core.request import ControlSpec, EngineSettings, GenerationRequest
 
 from . import capture, writeback
 from .jobs import Job, JobRunner
@@ -24,10 +24,9 @@ from .properties import SDSettings
 _runner: JobRunner | None = None
 
 
-def runner(context: bpy.types.Context | None = None) -> JobRunner:
-    """The add-on's single job runner, configured from the current preferences."""
+def runner(settings: EngineSettings) -> JobRunner:
+    """The add-on's single job runner (one worker, models kept loaded), set to ``settings``."""
     global _runner
-    settings = get_preferences(context).engine_settings()
     if _runner is None:
         _runner = JobRunner(settings)
     else:
@@ -142,9 +141,11 @@ def plan_generation(context: bpy.types.Context) -> Plan:
     return Plan(request, scene.name, [obj.name for obj in objects], camera_capture)
 
 
-def submit(context: bpy.types.Context) -> Job:
+def submit(context: bpy.types.Context, settings: EngineSettings | None = None) -> Job:
+    """Plan on the main thread and queue the work; ``settings`` default to the add-on preferences."""
     plan = plan_generation(context)
-    return runner(context).submit(plan.request, context={"plan": plan})
+    engine_settings = settings or get_preferences(context).engine_settings()
+    return runner(engine_settings).submit(plan.request, context={"plan": plan})
 
 
 def apply_finished(job: Job) -> list[bpy.types.Image]:

@@ -21,45 +21,41 @@ import torch
 from safetensors.torch import save_file
 
 from sd_core.models.bundled import Configs, read_configs, write_config_folder
-from sd_core.testing import ldm_layout
+from sd_core.models import ldm_layout
 
 Family = Literal["sd1", "sdxl"]
 Variant = Literal["base", "inpaint"]
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 """Bump when anything below changes what gets built, so cached builds are rebuilt."""
 
 SEED = 0
-_TINY_TEXT_ENCODER = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2}
+# Sizes follow the real models' rules the loader infers them by: CLIP text heads are 64 wide (so one head
+# here), SD2/SDXL UNet heads are 64 wide (one per level here), SD1 keeps its 8 heads per level.
+_TINY_TEXT_ENCODER = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 1, "num_hidden_layers": 2}
+_TINY_TEXT_ENCODER_2 = {**_TINY_TEXT_ENCODER, "hidden_size": 64, "intermediate_size": 128, "projection_dim": 32}
 _TINY_VAE = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1}
-# Two UNet levels; SDXL's attention level is 160 wide so the bundled 10 heads divide it, as they must.
-_TINY_UNET = {
+_TINY_UNET: dict[str, dict[str, Any]] = {
     "sd1": {"block_out_channels": [32, 64], "layers_per_block": 1, "cross_attention_dim": 32},
     "sdxl": {
-        "block_out_channels": [32, 160],
+        "block_out_channels": [32, 64],
         "layers_per_block": 1,
-        "transformer_layers_per_block": [1, 1],
-        "cross_attention_dim": 96,
-        "addition_time_embed_dim": 8,
-        "projection_class_embeddings_input_dim": 32 + 6 * 8,
+        "attention_head_dim": [1, 1],
+        "transformer_layers_per_block": [1, 2],
+        "cross_attention_dim": _TINY_TEXT_ENCODER["hidden_size"] + _TINY_TEXT_ENCODER_2["hidden_size"],
+        # SDXL's pooled text embedding plus six 256-wide size/crop embeddings, as in the real model.
+        "projection_class_embeddings_input_dim": _TINY_TEXT_ENCODER_2["projection_dim"] + 6 * 256,
     },
 }
-_TINY_TEXT_ENCODER_2 = {**_TINY_TEXT_ENCODER, "hidden_size": 64, "intermediate_size": 128, "projection_dim": 32}
-
-
-def _shrink_levels(unet: dict[str, Any], levels: int) -> None:
-    """Keep the first ``levels`` down blocks (and the matching up blocks) of a bundled UNet config."""
-    unet["down_block_types"] = unet["down_block_types"][:levels]
-    unet["up_block_types"] = unet["up_block_types"][-levels:]
-    if isinstance(unet["attention_head_dim"], list):
-        unet["attention_head_dim"] = unet["attention_head_dim"][:levels]
 
 
 def tiny_configs(family: Family = "sd1", variant: Variant = "base") -> Configs:
     """The bundled config folder of ``family``/``variant`` with every size shrunk to a tiny model."""
     configs = copy.deepcopy(read_configs({"sd1": "sd15", "sdxl": "sdxl_base"}[family]))
     unet = configs["unet/config.json"]
-    _shrink_levels(unet, len(_TINY_UNET[family]["block_out_channels"]))
+    levels = len(_TINY_UNET[family]["block_out_channels"])
+    unet["down_block_types"] = unet["down_block_types"][:levels]
+    unet["up_block_types"] = unet["up_block_types"][-levels:]
     unet.update(_TINY_UNET[family], in_channels=9 if variant == "inpaint" else 4)
     configs["vae/config.json"].update(_TINY_VAE)
     configs["text_encoder/config.json"].update(_TINY_TEXT_ENCODER)

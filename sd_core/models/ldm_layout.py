@@ -1,18 +1,21 @@
 """Diffusers -> original (CompVis/A1111) single-file key layout: the inverse of diffusers' own conversion.
 
-Why: artists mostly have single ``.safetensors`` files in this layout, and nothing real can be downloaded
-here, so tests write tiny checkpoints (and shape-only real-size ones) in exactly that layout and prove the
-loader reads them back. Functions take and return ``{key: tensor}``; meta tensors work too.
+Why: artists mostly have single ``.safetensors`` files in this layout. Tests write tiny checkpoints (and
+shape-only real-size ones) in exactly that layout to prove the loader reads them back, and the loader maps
+diffusers-layout ControlNet files onto it so one set of rules infers every architecture. ``unet_to_ldm``
+passes values through untouched (tensors or plain shapes); the others need tensors (meta tensors work).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TypeVar
 
 import torch
 
 StateDict = dict[str, torch.Tensor]
+Value = TypeVar("Value")
 
 _RESNET_NAMES = {
     "norm1": "in_layers.0",
@@ -73,7 +76,7 @@ def _unet_key(key: str, layers_per_block: int, up_blocks_with_attention: set[int
     raise KeyError(f"no LDM name for UNet key {key!r}")
 
 
-def unet_to_ldm(state: Mapping[str, torch.Tensor], layers_per_block: int, prefix: str) -> StateDict:
+def unet_to_ldm(state: Mapping[str, Value], layers_per_block: int, prefix: str) -> dict[str, Value]:
     """A diffusers UNet2DConditionModel or ControlNetModel state dict in the LDM layout, keys under ``prefix``."""
     up_blocks_with_attention = {
         int(match[1]) for key in state if (match := re.match(r"up_blocks\.(\d+)\.attentions\.", key))
