@@ -18,10 +18,15 @@ Steps, each safe to re-run (a re-run skips what is already done, pip reuses its 
    ``blender --command extension build`` runs) from a staging copy: ``blender_addon/`` plus
    ``sd_core/`` vendored as ``_vendor/sd_core`` plus the constraints file. Vendoring keeps sd_core a
    top-level package (its absolute imports work unchanged) that ships and updates with the add-on; the
-   add-on appends ``_vendor`` and ``deps`` to sys.path at register (blender_addon/dependencies.py).
+   add-on appends ``_vendor`` and ``deps`` to sys.path when it is imported (dependencies.activate).
+   Not the manifest's ``wheels``: Blender puts those in one site-packages shared by all extensions, and a
+   multi-GB, GPU-specific torch does not belong inside an extension package.
 4. Install it into the "user_default" repository with Blender's extension installer, enable it and save the
    preferences; then launch Blender again and import sd_core from the installed add-on and print its device.
-   If that check fails the add-on is uninstalled again, so nothing half-installed stays enabled.
+   If that check fails the add-on is disabled again, so nothing half-installed stays enabled.
+
+Running this script is the artist's consent to download; Blender's "Allow Online Access" is honoured by the
+in-Blender repair button instead. ``--reinstall-deps`` forces pip even when every pin is present.
 
 For development and CI ``--bpy-module-python PY`` targets a Python that has the ``bpy`` wheel instead of a
 Blender binary. Runs on any Python 3.9+ (only the standard library); Blender's own Python works too.
@@ -524,6 +529,9 @@ def check(plan: Plan) -> bool:
         print(f"Add-on: installed in {state['folder']} but not enabled.")
         return False
     report = verify(plan.blender, plan.requirements)
+    if not report["enabled"]:
+        print("Add-on: enabled in the preferences, but its register() fails when Blender starts.")
+        return False
     print(f"Add-on: installed and enabled; sd_core from {report['sd_core']}")
     for problem in report["problems"]:
         print(f"  problem: {problem}")

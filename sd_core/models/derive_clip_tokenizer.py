@@ -45,7 +45,8 @@ def default_bpe_path() -> Path:
 
 def derive(bpe_path: Path) -> tuple[dict[str, int], list[str]]:
     """Return (token -> id, merge lines) exactly as CLIP's tokenizer orders them."""
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = lines[1 : MERGE_COUNT + 1]
     byte_symbols = list(bytes_to_unicode().values())
     tokens = byte_symbols + [symbol + "</w>" for symbol in byte_symbols]

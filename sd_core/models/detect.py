@@ -105,7 +105,9 @@ def _describe_other(shapes: Shapes) -> str:
 
 
 def _controlnet_layout(shapes: Shapes) -> Layout | None:
-    if any(key.startswith(CONTROLNET_PREFIX + "input_hint_block.") or key.startswith("input_hint_block.") for key in shapes):
+    if any(
+        key.startswith(CONTROLNET_PREFIX + "input_hint_block.") or key.startswith("input_hint_block.") for key in shapes
+    ):
         return "ldm"
     if "controlnet_cond_embedding.conv_in.weight" in shapes:
         return "diffusers"
@@ -118,8 +120,9 @@ def _variant(in_channels: int, what: str) -> Variant:
     if in_channels == 9:
         return "inpaint"
     extra = " (an InstructPix2Pix model)" if in_channels == 8 else ""
-    raise ModelError(f"{what} has a UNet with {in_channels} input channels{extra}: only 4 (normal) or 9 "
-                     "(inpainting) are supported.")
+    raise ModelError(
+        f"{what} has a UNet with {in_channels} input channels{extra}: only 4 (normal) or 9 (inpainting) are supported."
+    )
 
 
 def _prediction(family: Family, shapes: Shapes, metadata: dict[str, str]) -> Prediction:
@@ -165,7 +168,9 @@ def _controlnet_family(shapes: Shapes, layout: Layout) -> Family:
     return "sd2" if cross_attention and cross_attention[0] == 1024 else "sd1"
 
 
-def detect_from_shapes(shapes: Shapes, metadata: dict[str, str] | None = None, name: str = "This file") -> CheckpointInfo:
+def detect_from_shapes(
+    shapes: Shapes, metadata: dict[str, str] | None = None, name: str = "This file"
+) -> CheckpointInfo:
     """Classify a checkpoint from its tensor names and shapes (see ``detect_checkpoint``)."""
     metadata = metadata or {}
     controlnet_layout = _controlnet_layout(shapes)

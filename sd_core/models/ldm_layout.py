@@ -152,3 +152,24 @@ def open_clip_to_ldm(state: Mapping[str, torch.Tensor], prefix: str) -> StateDic
     if state:
         raise KeyError(f"no OpenCLIP name for keys {sorted(state)[:5]}")
     return converted
+
+
+def pipeline_to_ldm(
+    family: str,
+    unet: Mapping[str, torch.Tensor],
+    unet_layers_per_block: int,
+    vae: Mapping[str, torch.Tensor],
+    vae_levels: int,
+    text_encoder: Mapping[str, torch.Tensor],
+    text_encoder_2: Mapping[str, torch.Tensor] | None = None,
+) -> StateDict:
+    """A whole SD1 / SD2 / SDXL pipeline's state dicts as one single-file checkpoint state dict."""
+    state = unet_to_ldm(unet, unet_layers_per_block, "model.diffusion_model.") | vae_to_ldm(vae, vae_levels)
+    if family == "sd1":
+        return state | clip_to_ldm(text_encoder, "cond_stage_model.transformer.")
+    if family == "sd2":
+        return state | open_clip_to_ldm(text_encoder, "cond_stage_model.model.")
+    if family == "sdxl" and text_encoder_2 is not None:
+        state |= clip_to_ldm(text_encoder, "conditioner.embedders.0.transformer.")
+        return state | open_clip_to_ldm(text_encoder_2, "conditioner.embedders.1.model.")
+    raise ValueError(f"unknown family {family!r} (or SDXL without its second text encoder)")

@@ -1,0 +1,1 @@
+"""Helpers for tests and the offline demo: tiny seeded models built from the bundled configs."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import pickle
 import shutil
 import tempfile
@@ -20,8 +21,8 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import save_file
 
-from sd_core.models.bundled import Configs, read_configs, write_config_folder
 from sd_core.models import ldm_layout
+from sd_core.models.bundled import Configs, read_configs, write_config_folder
 
 Family = Literal["sd1", "sdxl"]
 Variant = Literal["base", "inpaint"]
@@ -121,8 +122,6 @@ def _load_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _component_config(folder: Path) -> dict[str, Any]:
-    import json
-
     return json.loads((folder / "config.json").read_text(encoding="utf-8"))
 
 
@@ -138,20 +137,16 @@ def single_file_state(diffusers_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _pipeline_state(diffusers_dir: Path) -> dict[str, torch.Tensor]:
-    unet_config = _component_config(diffusers_dir / "unet")
-    vae_config = _component_config(diffusers_dir / "vae")
-    state = ldm_layout.unet_to_ldm(
-        _load_state(diffusers_dir / "unet"), unet_config["layers_per_block"], "model.diffusion_model."
+    has_second_encoder = (diffusers_dir / "text_encoder_2").is_dir()
+    return ldm_layout.pipeline_to_ldm(
+        "sdxl" if has_second_encoder else "sd1",
+        _load_state(diffusers_dir / "unet"),
+        _component_config(diffusers_dir / "unet")["layers_per_block"],
+        _load_state(diffusers_dir / "vae"),
+        len(_component_config(diffusers_dir / "vae")["down_block_types"]),
+        _load_state(diffusers_dir / "text_encoder"),
+        _load_state(diffusers_dir / "text_encoder_2") if has_second_encoder else None,
     )
-    state |= ldm_layout.vae_to_ldm(_load_state(diffusers_dir / "vae"), len(vae_config["down_block_types"]))
-    text_state = _load_state(diffusers_dir / "text_encoder")
-    if (diffusers_dir / "text_encoder_2").is_dir():
-        state |= ldm_layout.clip_to_ldm(text_state, "conditioner.embedders.0.transformer.")
-        text_state_2 = _load_state(diffusers_dir / "text_encoder_2")
-        state |= ldm_layout.open_clip_to_ldm(text_state_2, "conditioner.embedders.1.model.")
-    else:
-        state |= ldm_layout.clip_to_ldm(text_state, "cond_stage_model.transformer.")
-    return state
 
 
 def write_single_file_checkpoint(diffusers_dir: Path, out_path: Path) -> Path:

@@ -1,0 +1,197 @@
+"""The add-on in real Blender: registration, panels, the job flow end to end, and bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import addon_utils
+import bpy
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd_core.errors import SDCoreError
+from sd_core.request import EngineSettings
+
+ADDON = "blender_addon"
+CPU = EngineSettings(device="cpu")
+
+
+@pytest.fixture
+def addon(scene):
+    """The add-on enabled the way Blender enables it (after the factory reset, which disables add-ons)."""
+    addon_utils.enable(ADDON, default_set=True)
+    yield sys.modules[ADDON]
+    addon_utils.disable(ADDON, default_set=True)
+
+
+@pytest.fixture
+def still_life(addon, build, tiny_models, tmp_path):
+    """A camera over two quads, the front one selected; settings pointing at the tiny models."""
+    build.camera(location=(0.0, 0.0, 10.0))
+    back = build.quad(
+        "Back", [(-3, -3, 0), (3, -3, 0), (3, 3, 0), (-3, 3, 0)], build.emission_material("B", (0.2,) * 3)
+    )
+    front = build.quad(
+        "Front", [(-1, -1, 2), (1, -1, 2), (1, 1, 2), (-1, 1, 2)], build.emission_material("F", (0.8,) * 3)
+    )
+    for obj in (back, front):
+        obj.select_set(False)
+    front.select_set(True)
+    bpy.context.view_layer.objects.active = front
+    settings = bpy.context.scene.sd_settings
+    settings.model = str(tiny_models["sd1_single"])
+    settings.depth_model = str(tiny_models["sd1_controlnet"])
+    settings.prompt = "a bronze plaque"
+    settings.steps = 2
+    settings.random_seed = False
+    settings.seed = 5
+    settings.output_dir = str(tmp_path) + "/"
+    return SimpleNamespace(front=front, back=back, settings=settings, out=tmp_path)
+
+
+def _run(addon_module, settings=CPU):
+    generation = sys.modules[f"{ADDON}.generation"]
+    job = generation.submit(bpy.context, settings)
+    generation.runner(settings).wait(job, timeout=120)
+    return generation, job
+
+
+def test_register_and_unregister_leave_nothing_behind(scene):
+    path_before = list(sys.path)
+    addon_utils.enable(ADDON, default_set=True)
+    assert hasattr(bpy.types.Scene, "sd_settings")
+    assert hasattr(bpy.types, "SD_PT_main")
+    assert "generate" in dir(bpy.ops.sd)
+    addon_utils.disable(ADDON, default_set=True)
+    assert not hasattr(bpy.types.Scene, "sd_settings")
+    assert not hasattr(bpy.types.Scene, "sd_history")
+    assert not hasattr(bpy.types.WindowManager, "sd_status")
+    assert not hasattr(bpy.types, "SD_PT_main")
+    assert sys.path == path_before
+
+
+class RecordingLayout:
+    """Stands in for a UILayout headlessly: records every call and checks every property drawn exists."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            if name in ("prop", "template_ID", "template_ID_preview") and len(args) >= 2:
+                data, prop = args[0], args[1]
+                assert prop in data.bl_rna.properties, f"{type(data).__name__} has no property {prop!r}"
+            return RecordingLayout(self.calls)
+
+        return record
+
+
+@pytest.mark.parametrize("panel", ["SD_PT_main", "SD_PT_sampling", "SD_PT_control", "SD_PT_history"])
+@pytest.mark.parametrize("mode", ["TXT2IMG", "IMG2IMG", "INPAINT"])
+def test_panels_draw_every_mode(addon, panel, mode):
+    settings = bpy.context.scene.sd_settings
+    settings.mode = mode
+    settings.source = "IMAGE"
+    settings.size_from_render = False
+    settings.project_to_selected = True
+    calls: list = []
+    getattr(bpy.types, panel).draw(SimpleNamespace(layout=RecordingLayout(calls)), bpy.context)
+    assert calls
+
+
+def test_generate_writes_a_new_image_png_and_history(still_life):
+    generation, job = _run(still_life)
+    assert job.state == "done", job.error
+    images = generation.apply_finished(job)
+    (image,) = images
+    assert image.name.startswith("SD a bronze plaque 5")
+    assert image["sd_seed"] == 5 and image["sd_prompt"] == "a bronze plaque"
+    assert json.loads(image["sd_parameters"])["controlnets"][0]["model"] == still_life.settings.depth_model
+    png = Path(bpy.path.abspath(image.filepath))
+    assert png.parent == still_life.out
+    with Image.open(png) as file:
+        assert "Seed: 5" in file.text["parameters"]
+        assert file.size == (96, 72)
+    scene = bpy.context.scene
+    assert scene.sd_history[-1].image == image
+    assert still_life.settings.last_result == image
+
+
+def test_history_restores_the_settings_that_made_an_image(still_life):
+    generation, job = _run(still_life)
+    generation.apply_finished(job)
+    settings = still_life.settings
+    settings.prompt, settings.steps, settings.seed = "something else", 9, 77
+    bpy.ops.sd.restore_history(index=0)
+    assert (settings.prompt, settings.steps, settings.seed) == ("a bronze plaque", 2, 5)
+
+
+def test_results_never_replace_the_users_images(still_life):
+    mine = bpy.data.images.new("SD a bronze plaque 5", 4, 4)
+    mine.pixels.foreach_set(np.full(64, 0.25, np.float32))
+    generation, job = _run(still_life)
+    (image,) = generation.apply_finished(job)
+    assert image != mine and mine.name == "SD a bronze plaque 5"
+    assert np.allclose(np.array(mine.pixels[:]), 0.25)
+
+
+def test_inpainting_the_selection_keeps_everything_else(still_life):
+    still_life.settings.mode = "INPAINT"
+    still_life.settings.strength = 1.0
+    still_life.settings.mask_grow = 0
+    still_life.settings.mask_feather = 0
+    generation = sys.modules[f"{ADDON}.generation"]
+    plan = generation.plan_generation(bpy.context)
+    assert plan.request.mask is not None and 0 < plan.request.mask.mean() < 0.5
+    job = generation.runner(CPU).submit(plan.request, context={"plan": plan})
+    generation.runner(CPU).wait(job, timeout=120)
+    pixels = job.result.images[0].pixels
+    outside = plan.request.mask == 0
+    assert np.array_equal(pixels[outside], plan.request.image[outside])
+
+
+def test_cancel_stops_the_job_and_writes_nothing(still_life):
+    still_life.settings.steps = 50
+    generation = sys.modules[f"{ADDON}.generation"]
+    images_before = len(bpy.data.images)
+    job = generation.submit(bpy.context, CPU)
+    generation.runner(CPU).cancel(job)
+    generation.runner(CPU).wait(job, timeout=120)
+    assert job.state == "cancelled"
+    assert generation.apply_finished(job) == []
+    assert len(bpy.data.images) == images_before
+
+
+@pytest.mark.parametrize(
+    ("break_scene", "message"),
+    [
+        (lambda s: setattr(bpy.context.scene, "camera", None), "camera"),
+        (lambda s: setattr(s.settings, "model", ""), "No model is configured"),
+        (lambda s: s.front.select_set(False) or setattr(s.settings, "mode", "INPAINT"), "Select the mesh"),
+        (lambda s: setattr(s.settings, "depth_model", ""), "no depth model"),
+    ],
+    ids=["no-camera", "no-model", "nothing-selected", "no-depth-model"],
+)
+def test_bad_input_reports_clearly_and_leaves_the_scene_intact(still_life, break_scene, message):
+    break_scene(still_life)
+    objects_before = sorted(obj.name for obj in bpy.data.objects)
+    materials_before = sorted(mat.name for mat in bpy.data.materials)
+    with pytest.raises(RuntimeError, match=message):
+        bpy.ops.sd.generate()
+    assert sorted(obj.name for obj in bpy.data.objects) == objects_before
+    assert sorted(mat.name for mat in bpy.data.materials) == materials_before
+
+
+def test_a_selected_non_mesh_is_named_in_the_error(still_life):
+    light = bpy.data.objects.new("Lamp", bpy.data.lights.new("Lamp", "POINT"))
+    bpy.context.scene.collection.objects.link(light)
+    light.select_set(True)
+    still_life.settings.mode = "INPAINT"
+    generation = sys.modules[f"{ADDON}.generation"]
+    with pytest.raises(SDCoreError, match="Only meshes.*Lamp"):
+        generation.plan_generation(bpy.context)
