@@ -111,9 +111,9 @@ def _ensure_uv_map(obj: bpy.types.Object) -> str:
     uv_layers = obj.data.uv_layers
     if len(uv_layers):
         return next((layer.name for layer in uv_layers if layer.active_render), uv_layers[0].name)
-    layer = uv_layers.new(name=PROJECTION_UV_NAME)
+    name = uv_layers.new(name=PROJECTION_UV_NAME).name  # read now: edit mode reallocates the layer
     _smart_uv_project(obj)
-    return layer.name
+    return name
 
 
 def _smart_uv_project(obj: bpy.types.Object) -> None:

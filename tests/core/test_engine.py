@@ -52,7 +52,7 @@ def test_every_mode_and_family_produces_an_image(engine, tiny_models, family, mo
     assert image.pixels.shape == (SIZE, SIZE, 3)
     assert image.pixels.dtype == np.float32
     assert np.isfinite(image.pixels).all()
-    assert 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+    assert image.pixels.min() >= 0.0 and image.pixels.max() <= 1.0
     assert image.metadata["model_family"] == family
 
 
