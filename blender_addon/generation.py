@@ -167,6 +167,6 @@ def apply_finished(job: Job) -> list[bpy.types.Image]:
 
             objects = [bpy.data.objects[name] for name in plan.project_objects if name in bpy.data.objects]
             bake.project_onto_meshes(
-                job.result.images[0].pixels, plan.camera_capture, objects, resolution=settings.bake_resolution
+                job.result.images[0].pixels, plan.camera_capture, objects, texture_size=settings.bake_resolution
             )
     return created

@@ -12,6 +12,8 @@ import hashlib
 import json
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ from sd_core.models.detect import (
     CheckpointInfo,
     Family,
     Prediction,
+    Shapes,
     Variant,
     detect_from_shapes,
     read_safetensors_header,
@@ -117,6 +120,13 @@ def _fp16_only(folder: Path) -> bool:
     return bool(weights) and all(".fp16." in name for name in weights)
 
 
+@dataclass(frozen=True)
+class SafetensorsFile:
+    path: Path
+    info: CheckpointInfo
+    shapes: Shapes
+
+
 def _wrong_kind(name: str, found: Want, expected: Want) -> ModelError:
     what = {"pipeline": "a Stable Diffusion model", "controlnet": "a ControlNet"}
     return ModelError(f"'{name}' is {what[found]}, but {what[expected]} is expected here.")
@@ -168,71 +178,86 @@ class ModelCache:
             write_config_folder(configs, folder)
         return folder
 
-    def _single_file_shapes(self, resolved: ResolvedSource) -> tuple[Path, CheckpointInfo, dict[str, tuple[int, ...]]]:
-        """The ``.safetensors`` to load (pickles converted once, only when allowed), its kind and its shapes."""
-        path = self._pickle_to_safetensors(resolved.path) if resolved.is_pickle else resolved.path
-        header = read_safetensors_header(path)
-        info = detect_from_shapes(header.shapes, header.metadata, f"'{resolved.path.name}'")
-        return path, info, header.shapes
+    @contextmanager
+    def _safetensors_of(self, resolved: ResolvedSource) -> Iterator[SafetensorsFile]:
+        """The ``.safetensors`` to load and its header; an allowed pickle is converted for the load, then deleted."""
+        path = self._unpickle_to_safetensors(resolved.path) if resolved.is_pickle else resolved.path
+        try:
+            header = read_safetensors_header(path)
+            info = detect_from_shapes(header.shapes, header.metadata, f"'{resolved.path.name}'")
+            yield SafetensorsFile(path, info, header.shapes)
+        finally:
+            if resolved.is_pickle:
+                path.unlink(missing_ok=True)
 
-    def _pickle_to_safetensors(self, path: Path) -> Path:
-        """Unpickle an allowed ``.ckpt`` once and rewrite its tensors as ``.safetensors`` (the one loading path)."""
+    def _unpickle_to_safetensors(self, path: Path) -> Path:
+        """Unpickle an allowed ``.ckpt`` and rewrite its tensors as ``.safetensors``, so one loading path remains."""
         from safetensors.torch import save_file
 
-        target = Path(self._work_dir.name) / "unpickled" / f"{short_hash(path)}.safetensors"
-        if target.is_file():
-            return target
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:
+        except Exception as error:  # arbitrary pickled code may raise anything
             raise ModelError(f"'{path.name}' could not be read as a PyTorch checkpoint: {error}") from error
         while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
             checkpoint = checkpoint["state_dict"]
         if not isinstance(checkpoint, dict):
             raise ModelError(f"'{path.name}' does not contain a state dict: it is not a model checkpoint.")
         tensors = {str(key): value.contiguous() for key, value in checkpoint.items() if isinstance(value, torch.Tensor)}
+        target = Path(self._work_dir.name) / "unpickled" / f"{path.stem}-{short_hash(path)}.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(target))
         return target
 
     def _load_pipeline(self, source: str) -> tuple[DiffusionPipeline, ModelInfo]:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
         resolved = resolve_source(source, self.settings, "pipeline")
-        dtype = self.placement.dtype
-        file_hash = None
         if resolved.kind == "single_file":
-            path, info, shapes = self._single_file_shapes(resolved)
-            if info.kind != "pipeline":
-                raise _wrong_kind(resolved.path.name, info.kind, "pipeline")
-            config = self._config_folder(pipeline_configs(shapes, info))
-            file_hash = short_hash(resolved.path)
+            with self._safetensors_of(resolved) as checkpoint:
+                if checkpoint.info.kind != "pipeline":
+                    raise _wrong_kind(resolved.path.name, checkpoint.info.kind, "pipeline")
+                config = self._config_folder(pipeline_configs(checkpoint.shapes, checkpoint.info))
+                info = checkpoint.info
+                pipeline = self._call_loader(
+                    resolved,
+                    info,
+                    lambda pipeline_class, extra: pipeline_class.from_single_file(
+                        str(checkpoint.path), config=str(config), local_files_only=True, dtype=self.placement.dtype, **extra
+                    ),
+                )
+            file_hash: str | None = short_hash(resolved.path)
         else:
             if _folder_kind(resolved.path) != "pipeline":
                 raise _wrong_kind(resolved.name, "controlnet", "pipeline")
             info = _folder_info(resolved.path)
+            variant = "fp16" if _fp16_only(resolved.path / "unet") else None
+            pipeline = self._call_loader(
+                resolved,
+                info,
+                lambda pipeline_class, extra: pipeline_class.from_pretrained(
+                    resolved.path, dtype=self.placement.dtype, variant=variant, local_files_only=True, **extra
+                ),
+            )
+            file_hash = None
+        model_info = ModelInfo(
+            source, resolved.name, resolved.kind, info.family, info.variant, info.prediction, file_hash
+        )
+        return pipeline, model_info
+
+    @staticmethod
+    def _call_loader(
+        resolved: ResolvedSource, info: CheckpointInfo, load: Callable[[type, dict[str, Any]], DiffusionPipeline]
+    ) -> DiffusionPipeline:
+        """Run ``load(pipeline_class, extra_kwargs)`` for the family, turning library errors into ``ModelError``."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
         pipeline_class = StableDiffusionXLPipeline if info.family == "sdxl" else StableDiffusionPipeline
         extra: dict[str, Any] = {"feature_extractor": None}
         if info.family != "sdxl":
             extra |= {"safety_checker": None, "requires_safety_checker": False}
         try:
-            if resolved.kind == "single_file":
-                pipeline = pipeline_class.from_single_file(
-                    str(path), config=str(config), local_files_only=True, dtype=dtype, **extra
-                )
-            else:
-                variant = "fp16" if _fp16_only(resolved.path / "unet") else None
-                pipeline = pipeline_class.from_pretrained(
-                    resolved.path, dtype=dtype, variant=variant, local_files_only=True, **extra
-                )
+            return load(pipeline_class, extra)
         except (OSError, ValueError, RuntimeError, KeyError) as error:
-            raise ModelError(
-                f"'{resolved.name}' could not be loaded as an {info.family.upper()} model: {error}"
-            ) from error
-        model_info = ModelInfo(
-            source, resolved.name, resolved.kind, info.family, info.variant, info.prediction, file_hash
-        )
-        return pipeline, model_info
+            what = info.family.upper()
+            raise ModelError(f"'{resolved.name}' could not be loaded as an {what} model: {error}") from error
 
     def _load_controlnet(self, source: str) -> ControlNetModel:
         from diffusers import ControlNetModel
@@ -241,13 +266,13 @@ class ModelCache:
         dtype = self.placement.dtype
         try:
             if resolved.kind == "single_file":
-                path, info, shapes = self._single_file_shapes(resolved)
-                if info.kind != "controlnet":
-                    raise _wrong_kind(resolved.path.name, info.kind, "controlnet")
-                config = self._config_folder(controlnet_configs(shapes, info))
-                return ControlNetModel.from_single_file(
-                    str(path), config=str(config), local_files_only=True, dtype=dtype
-                )
+                with self._safetensors_of(resolved) as checkpoint:
+                    if checkpoint.info.kind != "controlnet":
+                        raise _wrong_kind(resolved.path.name, checkpoint.info.kind, "controlnet")
+                    config = self._config_folder(controlnet_configs(checkpoint.shapes, checkpoint.info))
+                    return ControlNetModel.from_single_file(
+                        str(checkpoint.path), config=str(config), local_files_only=True, dtype=dtype
+                    )
             if _folder_kind(resolved.path) != "controlnet":
                 raise _wrong_kind(resolved.name, "pipeline", "controlnet")
             variant = "fp16" if _fp16_only(resolved.path) else None

@@ -61,7 +61,7 @@ def _single_file(path: Path, settings: EngineSettings) -> ResolvedSource:
     return ResolvedSource("single_file", path, path.stem)
 
 
-def _weight_patterns(files: list[str], folder: str) -> list[str]:
+def pick_weight_files(files: list[str], folder: str) -> list[str]:
     """The weights to fetch from one folder of a hub repo: fp16 safetensors, else safetensors, else .bin."""
     prefix = f"{folder}/" if folder else ""
     here = [name for name in files if name.startswith(prefix) and "/" not in name[len(prefix) :]]
@@ -77,10 +77,10 @@ def _hub_patterns(repo_id: str, want: Want) -> list[str]:
 
     files = HfApi().list_repo_files(repo_id)
     if want == "controlnet":
-        return ["config.json", *_weight_patterns(files, "")]
+        return ["config.json", *pick_weight_files(files, "")]
     patterns = ["model_index.json"]
     for component in PIPELINE_COMPONENTS:
-        patterns += [f"{component}/*.json", f"{component}/*.txt", *_weight_patterns(files, component)]
+        patterns += [f"{component}/*.json", f"{component}/*.txt", *pick_weight_files(files, component)]
     return patterns
 
 

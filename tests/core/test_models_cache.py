@@ -131,3 +131,37 @@ def test_a_corrupt_single_file_is_a_model_error(tmp_path: Path) -> None:
     path.write_bytes(b"<html>404 Not Found</html>")
     with pytest.raises(ModelError, match=r"not a valid \.safetensors file"):
         ModelCache(CPU).base_pipeline(str(path))
+
+
+def test_a_hub_id_already_in_the_hf_cache_loads_offline(tiny_models, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from huggingface_hub import constants
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--tiny--sd1"
+    shutil.copytree(tiny_models["sd1"], repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    pipeline, info = ModelCache(CPU).base_pipeline("tiny/sd1")
+    assert (info.kind, info.name, info.family, info.hash) == ("hub", "tiny/sd1", "sd1", None)
+    assert pipeline.unet.config.cross_attention_dim == 32
+
+
+def test_hub_downloads_fetch_only_the_needed_weights() -> None:
+    from sd_core.models.sources import pick_weight_files
+
+    files = [
+        "v1-5-pruned.safetensors",
+        "unet/diffusion_pytorch_model.bin",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.bin",
+        "text_encoder/pytorch_model.bin",
+    ]
+    assert pick_weight_files(files, "unet") == ["unet/diffusion_pytorch_model.fp16.safetensors"]
+    assert pick_weight_files(files, "vae") == ["vae/diffusion_pytorch_model.safetensors"]
+    assert pick_weight_files(files, "text_encoder") == ["text_encoder/pytorch_model.bin"]
+    assert pick_weight_files(files, "") == ["v1-5-pruned.safetensors"]
