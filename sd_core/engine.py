@@ -104,7 +104,8 @@ class Engine:
         extra: dict[str, Any] = {}
         if controlnets:
             extra["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
-        pipe = cls.from_pipe(base, **extra)
+        # from_pipe casts every shared module to its dtype argument, float32 unless told otherwise
+        pipe = cls.from_pipe(base, dtype=self.cache.placement.dtype, **extra)
         pipe.scheduler = make_scheduler(request.scheduler, base.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         if self.settings.cpu_offload:

@@ -12,8 +12,8 @@ import hashlib
 import json
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,9 +122,31 @@ def _fp16_only(folder: Path) -> bool:
 
 @dataclass(frozen=True)
 class SafetensorsFile:
+    """A checkpoint ready for ``from_single_file``: where it is, what it is, and its tensor shapes."""
+
     path: Path
     info: CheckpointInfo
     shapes: Shapes
+
+
+def _pipeline_class(info: CheckpointInfo) -> tuple[type[DiffusionPipeline], dict[str, Any]]:
+    """The txt2img pipeline class of the family, and the kwargs that keep unused parts unloaded."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if info.family == "sdxl":
+        return StableDiffusionXLPipeline, {"feature_extractor": None}
+    # safety_checker=None is needed even with load_safety_checker=False (a diffusers quirk).
+    no_checker = {"feature_extractor": None, "safety_checker": None, "requires_safety_checker": False}
+    return StableDiffusionPipeline, no_checker
+
+
+@contextmanager
+def _loading_errors(name: str, what: str) -> Iterator[None]:
+    """Report a library failure while loading as one artist-readable ``ModelError``."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise ModelError(f"'{name}' could not be loaded as {what}: {error}") from error
 
 
 def _wrong_kind(name: str, found: Want, expected: Want) -> ModelError:
@@ -140,7 +162,7 @@ class ModelCache:
         self.placement: Placement = resolve_placement(settings.device, settings.dtype)
         self._pipelines: dict[str, tuple[DiffusionPipeline, ModelInfo]] = {}
         self._controlnets: dict[str, ControlNetModel] = {}
-        self._work_dir = tempfile.TemporaryDirectory(prefix="sd_core-models-")
+        self._work_dir = tempfile.TemporaryDirectory(prefix="sd_core-models-", ignore_cleanup_errors=True)
 
     def base_pipeline(self, source: str) -> tuple[DiffusionPipeline, ModelInfo]:
         """A txt2img pipeline (SD or SDXL, safety checker off) on the engine's device, loaded once per source."""
@@ -188,7 +210,8 @@ class ModelCache:
             yield SafetensorsFile(path, info, header.shapes)
         finally:
             if resolved.is_pickle:
-                path.unlink(missing_ok=True)
+                with suppress(OSError):  # Windows keeps memory-mapped files open; the work dir goes later
+                    path.unlink()
 
     def _unpickle_to_safetensors(self, path: Path) -> Path:
         """Unpickle an allowed ``.ckpt`` and rewrite its tensors as ``.safetensors``, so one loading path remains."""
@@ -210,72 +233,51 @@ class ModelCache:
 
     def _load_pipeline(self, source: str) -> tuple[DiffusionPipeline, ModelInfo]:
         resolved = resolve_source(source, self.settings, "pipeline")
+        dtype = self.placement.dtype
+        file_hash = None
         if resolved.kind == "single_file":
             with self._safetensors_of(resolved) as checkpoint:
-                if checkpoint.info.kind != "pipeline":
-                    raise _wrong_kind(resolved.path.name, checkpoint.info.kind, "pipeline")
-                config = self._config_folder(pipeline_configs(checkpoint.shapes, checkpoint.info))
                 info = checkpoint.info
-                pipeline = self._call_loader(
-                    resolved,
-                    info,
-                    lambda pipeline_class, extra: pipeline_class.from_single_file(
-                        str(checkpoint.path), config=str(config), local_files_only=True, dtype=self.placement.dtype, **extra
-                    ),
-                )
-            file_hash: str | None = short_hash(resolved.path)
+                if info.kind != "pipeline":
+                    raise _wrong_kind(resolved.path.name, info.kind, "pipeline")
+                config = self._config_folder(pipeline_configs(checkpoint.shapes, info))
+                pipeline_class, extra = _pipeline_class(info)
+                with _loading_errors(resolved.name, f"an {info.family.upper()} model"):
+                    pipeline = pipeline_class.from_single_file(
+                        str(checkpoint.path), config=str(config), local_files_only=True, dtype=dtype, **extra
+                    )
+            file_hash = short_hash(resolved.path)
         else:
             if _folder_kind(resolved.path) != "pipeline":
                 raise _wrong_kind(resolved.name, "controlnet", "pipeline")
             info = _folder_info(resolved.path)
+            pipeline_class, extra = _pipeline_class(info)
             variant = "fp16" if _fp16_only(resolved.path / "unet") else None
-            pipeline = self._call_loader(
-                resolved,
-                info,
-                lambda pipeline_class, extra: pipeline_class.from_pretrained(
-                    resolved.path, dtype=self.placement.dtype, variant=variant, local_files_only=True, **extra
-                ),
-            )
-            file_hash = None
+            with _loading_errors(resolved.name, f"an {info.family.upper()} model"):
+                pipeline = pipeline_class.from_pretrained(
+                    resolved.path, dtype=dtype, variant=variant, local_files_only=True, **extra
+                )
         model_info = ModelInfo(
             source, resolved.name, resolved.kind, info.family, info.variant, info.prediction, file_hash
         )
         return pipeline, model_info
-
-    @staticmethod
-    def _call_loader(
-        resolved: ResolvedSource, info: CheckpointInfo, load: Callable[[type, dict[str, Any]], DiffusionPipeline]
-    ) -> DiffusionPipeline:
-        """Run ``load(pipeline_class, extra_kwargs)`` for the family, turning library errors into ``ModelError``."""
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        pipeline_class = StableDiffusionXLPipeline if info.family == "sdxl" else StableDiffusionPipeline
-        extra: dict[str, Any] = {"feature_extractor": None}
-        if info.family != "sdxl":
-            extra |= {"safety_checker": None, "requires_safety_checker": False}
-        try:
-            return load(pipeline_class, extra)
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            what = info.family.upper()
-            raise ModelError(f"'{resolved.name}' could not be loaded as an {what} model: {error}") from error
 
     def _load_controlnet(self, source: str) -> ControlNetModel:
         from diffusers import ControlNetModel
 
         resolved = resolve_source(source, self.settings, "controlnet")
         dtype = self.placement.dtype
-        try:
-            if resolved.kind == "single_file":
-                with self._safetensors_of(resolved) as checkpoint:
-                    if checkpoint.info.kind != "controlnet":
-                        raise _wrong_kind(resolved.path.name, checkpoint.info.kind, "controlnet")
-                    config = self._config_folder(controlnet_configs(checkpoint.shapes, checkpoint.info))
+        if resolved.kind == "single_file":
+            with self._safetensors_of(resolved) as checkpoint:
+                if checkpoint.info.kind != "controlnet":
+                    raise _wrong_kind(resolved.path.name, checkpoint.info.kind, "controlnet")
+                config = self._config_folder(controlnet_configs(checkpoint.shapes, checkpoint.info))
+                with _loading_errors(resolved.name, "a ControlNet"):
                     return ControlNetModel.from_single_file(
                         str(checkpoint.path), config=str(config), local_files_only=True, dtype=dtype
                     )
-            if _folder_kind(resolved.path) != "controlnet":
-                raise _wrong_kind(resolved.name, "pipeline", "controlnet")
-            variant = "fp16" if _fp16_only(resolved.path) else None
+        if _folder_kind(resolved.path) != "controlnet":
+            raise _wrong_kind(resolved.name, "pipeline", "controlnet")
+        variant = "fp16" if _fp16_only(resolved.path) else None
+        with _loading_errors(resolved.name, "a ControlNet"):
             return ControlNetModel.from_pretrained(resolved.path, dtype=dtype, variant=variant, local_files_only=True)
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            raise ModelError(f"'{resolved.name}' could not be loaded as a ControlNet: {error}") from error

@@ -41,7 +41,8 @@ def resolve_source(source: str, settings: EngineSettings, want: Want) -> Resolve
         return _single_file(path, settings)
     if path.is_dir():
         return ResolvedSource("folder", path, path.name)
-    if HUB_ID.match(text) and not text.startswith((".", "~")):
+    looks_like_file = path.suffix.lower() in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
+    if HUB_ID.match(text) and not looks_like_file:
         return ResolvedSource("hub", hub_snapshot(text, settings, want), text)
     raise ModelError(f"Model not found: '{text}' is not an existing file or folder, nor a hub id like 'owner/name'.")
 

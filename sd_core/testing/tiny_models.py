@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import pickle
 import shutil
 import tempfile
 import time
@@ -171,7 +170,7 @@ def write_pickle_checkpoint(diffusers_dir: Path, out_path: Path, marker: Path) -
     """Write a ``.ckpt`` (torch pickle) of the pipeline that also creates ``marker`` when unpickled."""
     payload = {"state_dict": single_file_state(diffusers_dir), "trap": _TouchMarkerOnUnpickle(marker)}
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, out_path, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    torch.save(payload, out_path)
     return out_path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sd_core import CancelledError, ControlSpec, EngineSettings, GenerationRequest, ModelError
 from sd_core.engine import Engine
@@ -173,3 +174,12 @@ def test_unload_frees_the_models_and_the_next_request_reloads(tiny_models):
     engine.unload()
     after, _ = engine.cache.base_pipeline(model)
     assert before is not after
+
+
+def test_switching_modes_keeps_the_chosen_precision(tiny_models):
+    engine = Engine(EngineSettings(device="cpu", dtype="bfloat16"))
+    model, control = str(tiny_models["sd1"]), str(tiny_models["sd1_controlnet"])
+    engine.generate(make_request(model, "img2img", control))
+    base, _ = engine.cache.base_pipeline(model)
+    assert {base.unet.dtype, base.vae.dtype, base.text_encoder.dtype} == {torch.bfloat16}
+    assert engine.cache.controlnet(control).dtype == torch.bfloat16

@@ -104,9 +104,10 @@ def test_a_hub_id_that_is_not_downloaded_needs_the_network() -> None:
         ModelCache(CPU).base_pipeline("someone/not-a-downloaded-model")
 
 
-def test_an_unknown_source_is_not_found(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["missing.safetensors", "models/missing.safetensors", "not a model"])
+def test_an_unknown_source_is_not_found(source: str) -> None:
     with pytest.raises(ModelError, match="Model not found"):
-        ModelCache(CPU).base_pipeline(str(tmp_path / "missing.safetensors"))
+        ModelCache(CPU).base_pipeline(source)
 
 
 def test_a_folder_that_is_no_model_is_refused(tmp_path: Path) -> None:
@@ -165,3 +166,25 @@ def test_hub_downloads_fetch_only_the_needed_weights() -> None:
     assert pick_weight_files(files, "vae") == ["vae/diffusion_pytorch_model.safetensors"]
     assert pick_weight_files(files, "text_encoder") == ["text_encoder/pytorch_model.bin"]
     assert pick_weight_files(files, "") == ["v1-5-pruned.safetensors"]
+
+
+def test_with_network_a_hub_pipeline_downloads_only_its_components(tiny_models, monkeypatch) -> None:
+    """The hub is unreachable here, so the download is simulated; the requested patterns are what matters."""
+    import huggingface_hub
+
+    requested = {}
+
+    def fake_snapshot_download(repo_id: str, allow_patterns: list[str]) -> str:
+        requested.update(repo_id=repo_id, patterns=allow_patterns)
+        return str(tiny_models["sd1"])
+
+    files = ["model_index.json", "v1-5-pruned.safetensors", "unet/diffusion_pytorch_model.safetensors"]
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id: files)
+    online = ModelCache(EngineSettings(device="cpu", allow_network=True))
+    _, info = online.base_pipeline("owner/model")
+    assert (info.kind, info.name, info.family) == ("hub", "owner/model", "sd1")
+    assert requested["repo_id"] == "owner/model"
+    assert "unet/diffusion_pytorch_model.safetensors" in requested["patterns"]
+    assert "v1-5-pruned.safetensors" not in requested["patterns"]
+    assert "safety_checker/*.json" not in requested["patterns"]

@@ -210,3 +210,24 @@ def test_header_only_file_with_missing_data_is_truncated(tmp_path: Path) -> None
     header = {"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
     with pytest.raises(ModelError, match="not a valid"):
         detect_checkpoint(_write_header_only(tmp_path / "short.safetensors", header))
+
+
+@pytest.mark.parametrize("bundle", ["sd15", "sdxl_base"])
+def test_real_size_layout_converts_back_through_diffusers_own_converters(bundle: str) -> None:
+    """The single-file layout we write (and read shapes from) is the one diffusers' converters expect."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from sd_core.models.ldm_layout import vae_to_ldm
+
+    configs = read_configs(bundle)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(configs["unet/config.json"])
+        vae = AutoencoderKL.from_config(configs["vae/config.json"])
+    for model, to_ldm, convert in (
+        (unet, lambda state: unet_to_ldm(state, 2, "model.diffusion_model."), convert_ldm_unet_checkpoint),
+        (vae, lambda state: vae_to_ldm(state, 4), convert_ldm_vae_checkpoint),
+    ):
+        state = model.state_dict()
+        converted = convert(to_ldm(state), dict(model.config))
+        assert _shapes(converted) == _shapes(state)
