@@ -20,6 +20,7 @@ import torch
 from sd_core import images
 from sd_core.device import resolve_placement
 from sd_core.errors import CancelledError, ModelError, OutOfMemoryError
+from sd_core.memory import check_fits
 from sd_core.models import ModelCache, ModelInfo
 from sd_core.preview import latents_to_preview
 from sd_core.request import EngineSettings, GeneratedImage, GenerationRequest, Mode, Progress, Result
@@ -73,6 +74,7 @@ class Engine:
         base, info = self.cache.base_pipeline(request.model)
         controlnets = [self.cache.controlnet(control.model) for control in request.controls]
         _check_compatible(request, info, base, controlnets)
+        self._check_memory(request)
         pipe = self._pipeline_for(request, base, info, controlnets)
         loaded = time.perf_counter()
 
@@ -95,6 +97,16 @@ class Engine:
         finished = time.perf_counter()
         timings = {"load_s": loaded - started, "generate_s": finished - loaded}
         return Result(images=results, mode=request.mode, timings=timings)
+
+    def _check_memory(self, request: GenerationRequest) -> None:
+        """On CUDA, refuse a size whose decode cannot fit in the memory left after loading the models."""
+        placement = self.cache.placement
+        if placement.device.type != "cuda" or self.settings.cpu_offload:
+            return
+        free_bytes, _total = torch.cuda.mem_get_info(placement.device)
+        width, height = images.padded_size(*request.size)
+        dtype_bytes = torch.finfo(placement.dtype).bits // 8
+        check_fits(width, height, dtype_bytes, free_bytes, self.settings.vae_tiling)
 
     def _pipeline_for(self, request: GenerationRequest, base: Any, info: ModelInfo, controlnets: list[Any]) -> Any:
         import diffusers
