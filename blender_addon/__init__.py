@@ -11,9 +11,9 @@ from . import dependencies
 
 dependencies.activate(__package__)
 
-from . import generation, operators, preferences, properties, ui  # noqa: E402
+from . import dependency_panel, generation, operators, preferences, properties, ui  # noqa: E402
 
-_MODULES = (properties, preferences, operators, ui)
+_MODULES = (properties, preferences, dependency_panel, operators, ui)
 
 
 def register() -> None:

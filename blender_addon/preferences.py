@@ -11,6 +11,8 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from sd_core.request import EngineSettings
 
+from . import dependency_panel
+
 ADDON_PACKAGE = __package__ or "blender_addon"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -73,6 +75,7 @@ class SDPreferences(bpy.types.AddonPreferences):
         row.prop(self, "vae_tiling")
         layout.prop(self, "allow_unsafe_pickle")
         layout.operator("sd.unload_models", icon="TRASH")
+        dependency_panel.draw(layout)
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(

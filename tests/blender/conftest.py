@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pytest
 
 os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="blender_user_")
-bpy = pytest.importorskip("bpy")
+import bpy  # only after BLENDER_USER_RESOURCES is set
 
 RENDER_WIDTH, RENDER_HEIGHT = 96, 72
 LENS_MM, SENSOR_MM = 50.0, 36.0

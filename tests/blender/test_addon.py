@@ -104,6 +104,35 @@ def test_panels_draw_every_mode(addon, panel, mode):
     assert calls
 
 
+class PreferencesProxy:
+    """The real preferences with a recording layout, as Blender passes ``self`` to ``draw``."""
+
+    def __init__(self, preferences, layout) -> None:
+        self.layout = layout
+        self._preferences = preferences
+
+    def __getattr__(self, name):
+        return getattr(self._preferences, name)
+
+
+def test_preferences_draw_and_map_to_engine_settings(addon):
+    preferences = bpy.context.preferences.addons[ADDON].preferences
+    preferences.device, preferences.dtype, preferences.cpu_offload = "cpu", "bfloat16", True
+    calls: list = []
+    type(preferences).draw(PreferencesProxy(preferences, RecordingLayout(calls)), bpy.context)
+    assert any(call[0] == "operator" and call[1][0] == "sd.install_dependencies" for call in calls)
+    settings = preferences.engine_settings()
+    assert (settings.device, settings.dtype, settings.cpu_offload) == ("cpu", "bfloat16", True)
+    assert settings.allow_network == bool(bpy.app.online_access)
+
+
+def test_dependency_check_reports_the_device(addon):
+    state = sys.modules[f"{ADDON}.dependency_panel"].check_now()
+    assert state.ok, state.problems
+    assert state.device.startswith("cpu")
+    assert {package.name for package in state.packages} >= {"torch", "diffusers", "transformers"}
+
+
 def test_generate_writes_a_new_image_png_and_history(still_life):
     generation, job = _run(still_life)
     assert job.state == "done", job.error
