@@ -116,14 +116,14 @@ def draw(layout: bpy.types.UILayout) -> None:
 
 CLASSES = (SD_OT_check_dependencies, SD_OT_install_dependencies)
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
 
 def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
 
 
 def unregister() -> None:
     if bpy.app.timers.is_registered(_poll):
         bpy.app.timers.unregister(_poll)
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

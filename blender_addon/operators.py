@@ -134,11 +134,11 @@ class SD_OT_apply_preset(bpy.types.Operator):
 
 
 CLASSES = (SD_OT_generate, SD_OT_cancel, SD_OT_unload_models, SD_OT_restore_history, SD_OT_apply_preset)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
 def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.WindowManager.sd_status = bpy.props.StringProperty()
     bpy.types.WindowManager.sd_progress = bpy.props.FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
 
@@ -148,5 +148,4 @@ def unregister() -> None:
         bpy.app.timers.unregister(poll_jobs)
     del bpy.types.WindowManager.sd_progress
     del bpy.types.WindowManager.sd_status
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

@@ -143,12 +143,4 @@ def known_models(context: bpy.types.Context, kind: str) -> list[str]:
 
 CLASSES = (SDPreferences,)
 
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -156,11 +156,11 @@ PRESET_ITEMS = [
 ]
 
 CLASSES = (SDSettings, SDHistoryItem)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
 def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.sd_settings = PointerProperty(type=SDSettings)
     bpy.types.Scene.sd_history = CollectionProperty(type=SDHistoryItem)
     bpy.types.Scene.sd_history_index = IntProperty(default=-1)
@@ -170,5 +170,4 @@ def unregister() -> None:
     del bpy.types.Scene.sd_history_index
     del bpy.types.Scene.sd_history
     del bpy.types.Scene.sd_settings
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

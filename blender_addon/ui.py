@@ -12,12 +12,17 @@ class SD_UL_history(bpy.types.UIList):
         layout.label(text=item.label, icon="IMAGE_DATA")
 
 
-class SD_PT_main(bpy.types.Panel):
-    bl_label = "Stable Diffusion"
-    bl_idname = "SD_PT_main"
+class _SidebarPanel:
+    """Where every panel of the add-on lives: 3D Viewport > Sidebar > SD."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "SD"
+
+
+class SD_PT_main(_SidebarPanel, bpy.types.Panel):
+    bl_label = "Stable Diffusion"
+    bl_idname = "SD_PT_main"
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -48,12 +53,9 @@ class SD_PT_main(bpy.types.Panel):
             layout.template_ID_preview(settings, "last_result", rows=2, cols=4)
 
 
-class SD_PT_sampling(bpy.types.Panel):
+class SD_PT_sampling(_SidebarPanel, bpy.types.Panel):
     bl_label = "Sampling"
     bl_parent_id = "SD_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "SD"
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -76,12 +78,9 @@ class SD_PT_sampling(bpy.types.Panel):
         layout.prop(settings, "tiling")
 
 
-class SD_PT_control(bpy.types.Panel):
+class SD_PT_control(_SidebarPanel, bpy.types.Panel):
     bl_label = "Depth, Mask & Projection"
     bl_parent_id = "SD_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "SD"
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -102,12 +101,9 @@ class SD_PT_control(bpy.types.Panel):
         layout.prop(settings, "output_dir")
 
 
-class SD_PT_history(bpy.types.Panel):
+class SD_PT_history(_SidebarPanel, bpy.types.Panel):
     bl_label = "History"
     bl_parent_id = "SD_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "SD"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context: bpy.types.Context) -> None:
@@ -118,12 +114,4 @@ class SD_PT_history(bpy.types.Panel):
 
 CLASSES = (SD_UL_history, SD_PT_main, SD_PT_sampling, SD_PT_control, SD_PT_history)
 
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)
