@@ -1,7 +1,8 @@
 """Operators: thin. They plan a job on the main thread, hand it to the runner, and return at once.
 
-A timer (main thread) polls the runner, shows step previews and writes finished results back;
-the diffusion itself never runs on Blender's main thread.
+Clicked in the UI, Generate runs modally: a window timer polls the runner, shows step previews in the
+Image Editor, writes finished results back and reports errors in the status bar. Run from a script
+(``execute``), an app timer does the same polling. Diffusion never runs on Blender's main thread.
 """
 
 from __future__ import annotations
@@ -28,9 +29,24 @@ def _status(text: str, fraction: float = 0.0) -> None:
                 area.tag_redraw()
 
 
+def _show_in_image_editors(image: bpy.types.Image) -> None:
+    """Show ``image`` in Image Editors that show nothing or the add-on's own output (never a pinned one)."""
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type != "IMAGE_EDITOR":
+                continue
+            space = area.spaces.active
+            current = space.image
+            ours = current is None or current.name == writeback.PREVIEW_IMAGE or current.get("sd_seed") is not None
+            if ours and not space.use_image_pin:
+                space.image = image
+
+
 def _finish(job: Job) -> None:
     if job.state == "done":
         images = generation.apply_finished(job)
+        if images:
+            _show_in_image_editors(images[0])
         _status(f"Done: {', '.join(image.name for image in images)}", 1.0)
     elif job.state == "cancelled":
         _status("Cancelled.")
@@ -50,7 +66,7 @@ def poll_jobs() -> float | None:
         elif event.job.progress is not None:
             progress = event.job.progress
             if progress.preview is not None:
-                writeback.show_preview(progress.preview)
+                _show_in_image_editors(writeback.show_preview(progress.preview))
             _status(f"Step {progress.step}/{progress.total}", event.job.fraction())
     return POLL_INTERVAL_S if active_runner.active_jobs() else None
 
@@ -62,15 +78,44 @@ class SD_OT_generate(bpy.types.Operator):
     bl_label = "Generate"
     bl_options = {"REGISTER"}
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    _job: Job | None = None
+    _timer: bpy.types.Timer | None = None
+
+    def _submit(self, context: bpy.types.Context) -> Job | None:
         try:
             job = generation.submit(context)
         except SDCoreError as error:
             self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+            return None
         _status(f"Queued job {job.id}...")
+        return job
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if self._submit(context) is None:
+            return {"CANCELLED"}
         if not bpy.app.timers.is_registered(poll_jobs):
             bpy.app.timers.register(poll_jobs, first_interval=POLL_INTERVAL_S)
+        return {"FINISHED"}
+
+    def invoke(self, context: bpy.types.Context, _event: bpy.types.Event) -> set[str]:
+        self._job = self._submit(context)
+        if self._job is None:
+            return {"CANCELLED"}
+        self._timer = context.window_manager.event_timer_add(POLL_INTERVAL_S, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if event.type != "TIMER" or self._job is None:
+            return {"PASS_THROUGH"}
+        poll_jobs()
+        if not self._job.finished.is_set():
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        if self._job.state == "failed":
+            self.report({"ERROR"}, self._job.error or "Generation failed.")
+        elif self._job.state == "cancelled":
+            self.report({"INFO"}, "Generation cancelled.")
         return {"FINISHED"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -225,3 +226,20 @@ def test_a_selected_non_mesh_is_named_in_the_error(still_life):
     generation = sys.modules[f"{ADDON}.generation"]
     with pytest.raises(SDCoreError, match=r"Only meshes.*Lamp"):
         generation.plan_generation(bpy.context)
+
+
+def test_the_generate_button_path_polls_previews_and_results_in(still_life):
+    """What the UI timer does, driven by hand (timers never tick in background mode)."""
+    operators = sys.modules[f"{ADDON}.operators"]
+    preferences = bpy.context.preferences.addons[ADDON].preferences
+    preferences.device = "cpu"
+    assert bpy.ops.sd.generate() == {"FINISHED"}
+    deadline = time.monotonic() + 120
+    while operators.poll_jobs() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    wm = bpy.context.window_manager
+    assert wm.sd_status.startswith("Done: SD a bronze plaque 5"), wm.sd_status
+    assert still_life.settings.last_result is not None
+    preview = bpy.data.images["SD Preview"]
+    assert tuple(preview.size) == (96 // 8, 72 // 8)
+    assert not preview.packed_file
