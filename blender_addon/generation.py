@@ -16,7 +16,7 @@ from sd_core.depth import depth_to_control_image
 from sd_core.errors import ValidationError
 from sd_core.request import ControlSpec, EngineSettings, GenerationRequest
 
-from . import capture, writeback
+from . import capture, viewport, writeback
 from .jobs import Job, JobRunner
 from .preferences import get_preferences
 from .properties import SDSettings
@@ -89,27 +89,29 @@ def plan_generation(context: bpy.types.Context) -> Plan:
     model = settings.model.strip()
     if not model:
         raise ValidationError("No model is configured: pick one in the Stable Diffusion panel (or its preferences).")
-    needs_selection = settings.mode == "INPAINT" and settings.source == "CAMERA"
+    needs_selection = settings.mode == "INPAINT" and settings.source != "IMAGE"
     objects = selected_meshes(context) if (needs_selection or settings.project_to_selected) else []
     if (needs_selection or settings.project_to_selected) and not objects:
         raise ValidationError("Select the mesh objects to inpaint or texture first.")
 
     image = mask = depth = None
     camera_capture = None
-    if settings.source == "CAMERA":
-        with _render_size(scene, settings):
-            camera_capture = capture.capture_camera(scene, objects)
-        image, depth = camera_capture.color, camera_capture.depth
-        if settings.mode == "INPAINT":
-            mask = camera_capture.mask
-    elif settings.source == "IMAGE":
+    if settings.source == "IMAGE":
         if settings.source_image is None:
             raise ValidationError("Choose the image to work on (Image Editor source).")
         image, mask = capture.capture_image_editor(settings.source_image, settings.mask_image)
         if settings.mode != "INPAINT":
             mask = None
     else:
-        raise ValidationError("Viewport capture needs Blender's interface; use the Scene Camera source here.")
+        with _render_size(scene, settings):
+            if settings.source == "VIEWPORT":
+                long_side = max(scene.render.resolution_x, scene.render.resolution_y)
+                camera_capture = viewport.capture_viewport(context, objects, long_side=long_side)
+            else:
+                camera_capture = capture.capture_camera(scene, objects)
+        image, depth = camera_capture.color, camera_capture.depth
+        if settings.mode == "INPAINT":
+            mask = camera_capture.mask
 
     controls: tuple[ControlSpec, ...] = ()
     if settings.use_depth and depth is not None:

@@ -30,7 +30,7 @@ def _model_search(kind: str):
 
 SOURCES = [
     ("CAMERA", "Scene Camera", "Render the scene camera: colour, depth and the selected objects' mask"),
-    ("VIEWPORT", "Viewport", "The current 3D viewport (needs Blender's UI)"),
+    ("VIEWPORT", "Viewport", "The 3D viewport's current view, rendered with its depth and the selection mask"),
     ("IMAGE", "Image Editor", "An existing image, with an optional painted mask"),
 ]
 MODES = [

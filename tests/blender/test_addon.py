@@ -243,3 +243,13 @@ def test_the_generate_button_path_polls_previews_and_results_in(still_life):
     preview = bpy.data.images["SD Preview"]
     assert tuple(preview.size) == (96 // 8, 72 // 8)
     assert not preview.packed_file
+
+
+def test_the_viewport_source_plans_from_the_viewports_view(still_life):
+    still_life.settings.source = "VIEWPORT"
+    area = next(area for area in bpy.context.window.screen.areas if area.type == "VIEW_3D")
+    area.spaces.active.region_3d.view_perspective = "PERSP"
+    plan = sys.modules[f"{ADDON}.generation"].plan_generation(bpy.context)
+    height, width = plan.request.image.shape[:2]
+    assert max(width, height) == 96  # the render's long side
+    assert plan.request.controls and plan.camera_capture.camera.width == width
