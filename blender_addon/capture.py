@@ -12,9 +12,10 @@ device, gamma) - the same OCIO config Blender uses, matching Blender's saved PNG
 applied: the optional RGB curves and white balance of the view settings. Should OCIO refuse (e.g. a
 custom config without the scene's view), the plain sRGB transfer function is used instead.
 
-Mask: selected objects get a temporary ``pass_index`` one above every index in the scene, so the Object
-Index pass isolates exactly them. That pass exists in Cycles only; EEVEE and Workbench still capture
-colour and depth, with the mask then covering all visible geometry.
+Mask: selected objects get temporary ``pass_index`` values above every index in the scene (one per
+object, in the order given), so the Object Index pass isolates exactly them and tells them apart.
+That pass exists in Cycles only; EEVEE and Workbench still capture colour and depth, with the mask
+then covering all visible geometry.
 
 Other capture sources (the interactive viewport) can return the same ``CameraCapture``: it only needs
 pixels, a depth map and a ``CameraModel`` built from that view's matrices.
@@ -48,13 +49,16 @@ class CameraCapture:
 
     ``color`` (H, W, 3) float32 display sRGB; ``depth`` (H, W) float32 planar camera depth, inf where
     nothing was hit; ``mask`` (H, W) float32, 1 where the requested objects are visible; ``camera``
-    the matrices that produced it, for projecting a generated image back onto the scene.
+    the matrices that produced it, for projecting a generated image back onto the scene; ``labels``
+    (H, W) int32, k where the k-th requested object (1-based) is visible, 0 elsewhere (None when no
+    objects were requested), so multi-view texturing can keep each object's paint on that object.
     """
 
     color: np.ndarray
     depth: np.ndarray
     mask: np.ndarray
     camera: CameraModel
+    labels: np.ndarray | None = None
 
     @property
     def width(self) -> int:
@@ -106,7 +110,8 @@ def capture_camera(
     with tempfile.TemporaryDirectory(prefix="sd_capture_") as folder, _restoring() as change:
         exr_path = str(Path(folder) / "capture.exr")
         render = scene.render
-        change(render.image_settings, "media_type", "MULTI_LAYER_IMAGE", also_keep=("file_format", "color_depth"))
+        if hasattr(render.image_settings, "media_type"):  # Blender 5.0+: choose multilayer before the format
+            change(render.image_settings, "media_type", "MULTI_LAYER_IMAGE", also_keep=("file_format", "color_depth"))
         change(render.image_settings, "file_format", "OPEN_EXR_MULTILAYER")
         change(render.image_settings, "color_depth", "32")
         change(render, "filepath", exr_path)
@@ -116,8 +121,8 @@ def capture_camera(
         change(view_layer, "use_pass_z", True)
         if masked_objects:
             change(view_layer, "use_pass_object_index", True)
-            for obj in masked_objects:
-                change(obj, "pass_index", mask_index)
+            for offset, obj in enumerate(masked_objects):
+                change(obj, "pass_index", mask_index + offset)
         if samples is not None and engine in SAMPLE_SETTINGS:
             group, name = SAMPLE_SETTINGS[engine]
             change(getattr(scene, group), name, samples)
@@ -134,8 +139,11 @@ def capture_camera(
             raise ValidationError(f"The {engine} render produced no {required} pass, so the scene cannot be captured.")
     depth = passes["Depth"][..., 0].astype(np.float32)
     depth[~visible_depth_mask(depth)] = np.inf
+    labels = None
     if masked_objects:
-        mask = (np.rint(passes["Object Index"][..., 0]) == mask_index).astype(np.float32)
+        label = np.rint(passes["Object Index"][..., 0]).astype(np.int64) - mask_index + 1
+        labels = np.where((label >= 1) & (label <= len(masked_objects)), label, 0).astype(np.int32)
+        mask = (labels > 0).astype(np.float32)
     else:
         mask = np.isfinite(depth).astype(np.float32)
     height, width = depth.shape
@@ -144,6 +152,7 @@ def capture_camera(
         depth=depth,
         mask=mask,
         camera=camera_model(scene, camera_object, width, height),
+        labels=labels,
     )
 
 

@@ -30,7 +30,7 @@ DEPS_FOLDER = "deps"
 VENDOR_FOLDER = "_vendor"
 CONSTRAINTS_FILE = "constraints.txt"
 COMPLETE_MARKER = ".complete"
-DEV_ONLY_PACKAGES = frozenset({"bpy", "pytest", "ruff"})
+DEV_ONLY_PACKAGES = frozenset({"bpy", "pytest", "ruff", "open-clip-torch"})  # requirements/dev.txt only
 TORCH_BACKENDS = ("cuda", "rocm", "mps", "cpu")
 PYPI_INDEX_URL = "https://pypi.org/simple"
 # PyTorch's own indexes hold the GPU builds; macOS (MPS) wheels come from PyPI itself.

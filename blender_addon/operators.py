@@ -47,6 +47,7 @@ def _finish(job: Job) -> None:
         images = generation.apply_finished(job)
         if images:
             _show_in_image_editors(images[0])
+            bpy.ops.ed.undo_push(message="Stable Diffusion result")  # one undo step for images and bakes
         _status(f"Done: {', '.join(image.name for image in images)}", 1.0)
     elif job.state == "cancelled":
         _status("Cancelled.")
