@@ -11,9 +11,10 @@ from . import dependencies
 
 dependencies.activate(__package__)
 
-from . import dependency_panel, generation, operators, preferences, properties, ui  # noqa: E402
+from . import dependency_panel, generation, multiview, operators, preferences, properties, ui  # noqa: E402
 
-_MODULES = (properties, preferences, dependency_panel, operators, ui)
+# multiview after ui: its panel is a child of the main panel
+_MODULES = (properties, preferences, dependency_panel, operators, ui, multiview)
 
 
 def register() -> None:

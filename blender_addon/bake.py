@@ -66,8 +66,7 @@ def project_onto_meshes(
     _validate(image, capture, meshes, texture_size)
     results = []
     for obj in meshes:
-        uv_map = _ensure_uv_map(obj)
-        uv_triangles, positions, normals = _corner_data(obj, uv_map)
+        uv_map, uv_triangles, positions, normals = mesh_corners(obj)
         projected = project_to_texture(
             capture.camera,
             np.asarray(image, dtype=np.float32),
@@ -80,11 +79,26 @@ def project_onto_meshes(
             relative_tolerance=relative_tolerance,
         )
         seen = projected.weight > min_facing
-        texture = _new_image(f"{obj.name} {NODE_LABEL}", projected.rgba(min_facing=min_facing, padding=padding))
-        materials = _layer_over_materials(obj, texture, uv_map)
+        texture, materials = wire_texture(obj, projected.rgba(min_facing=min_facing, padding=padding), uv_map)
         island_texels = max(int(projected.islands.sum()), 1)
         results.append(ProjectedTexture(obj.name, texture, uv_map, materials, float(seen.sum()) / island_texels))
     return results
+
+
+def mesh_corners(obj: bpy.types.Object) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """The object's render UV map (made only if it has none) and, per triangle corner of the evaluated
+    mesh, its UVs (T, 3, 2), world positions and unit normals (T, 3, 3): what texturing needs of a mesh."""
+    uv_map = _ensure_uv_map(obj)
+    return (uv_map, *_corner_data(obj, uv_map))
+
+
+def wire_texture(
+    obj: bpy.types.Object, rgba: np.ndarray, uv_map: str, name: str = NODE_LABEL
+) -> tuple[bpy.types.Image, tuple[str, ...]]:
+    """Store top-row-first RGBA as a new packed image ``"<object> <name>"`` and layer it (by its alpha)
+    over the object's materials in ``uv_map``; returns the image and the materials now using it."""
+    texture = _new_image(f"{obj.name} {name}", rgba)
+    return texture, _layer_over_materials(obj, texture, uv_map)
 
 
 def _validate(image: np.ndarray, capture: CameraCapture, meshes: list[bpy.types.Object], texture_size: int) -> None:

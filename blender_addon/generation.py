@@ -147,7 +147,7 @@ def submit(context: bpy.types.Context, settings: EngineSettings | None = None) -
     """Plan on the main thread and queue the work; ``settings`` default to the add-on preferences."""
     plan = plan_generation(context)
     engine_settings = settings or get_preferences(context).engine_settings()
-    return runner(engine_settings).submit(plan.request, context={"plan": plan})
+    return runner(engine_settings).submit(plan.request, context={"plan": plan, "apply": apply_finished})
 
 
 def apply_finished(job: Job) -> list[bpy.types.Image]:

@@ -8,6 +8,7 @@ directly; in Blender a timer calls ``poll`` (see ``operators.py``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import queue
 import threading
@@ -21,18 +22,21 @@ from sd_core.request import EngineSettings, GenerationRequest, Progress, Result
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 EngineFactory = Callable[[EngineSettings], Any]
+Task = Callable[[Any, "Job"], Any]
+"""Work beyond one request (multi-view texturing): called on the worker with the engine and its job."""
 
 
 @dataclass
 class Job:
-    """One request and what became of it. ``context`` carries the caller's write-back instructions."""
+    """One request (or task) and what became of it. ``context`` carries the caller's write-back instructions."""
 
     id: int
-    request: GenerationRequest
+    request: GenerationRequest | None = None
+    task: Task | None = None
     context: dict[str, Any] = field(default_factory=dict)
     state: JobState = "queued"
     progress: Progress | None = None
-    result: Result | None = None
+    result: Result | Any = None
     error: str | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
@@ -46,8 +50,11 @@ class Job:
             return 1.0
         if self.progress is None or self.progress.total == 0:
             return 0.0
-        images = self.request.batch_size
+        images = self.request.batch_size if self.request is not None else 1
         return (self.progress.image_index + self.progress.step / self.progress.total) / images
+
+    def should_cancel(self) -> bool:
+        return self.cancel_requested.is_set()
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,13 @@ class JobRunner:
             self._settings = settings
 
     def submit(self, request: GenerationRequest, context: dict[str, Any] | None = None) -> Job:
-        job = Job(id=next(self._ids), request=request, context=context or {})
+        return self._enqueue(Job(id=next(self._ids), request=request, context=context or {}))
+
+    def submit_task(self, task: Task, context: dict[str, Any] | None = None) -> Job:
+        """Queue ``task(engine, job)``: it reports via ``runner.report(job, ...)`` and checks ``job.should_cancel``."""
+        return self._enqueue(Job(id=next(self._ids), task=task, context=context or {}))
+
+    def _enqueue(self, job: Job) -> Job:
         with self._lock:
             self._jobs.append(job)
         self._pending.put(job)
@@ -154,11 +167,11 @@ class JobRunner:
         job.state = "running"
         try:
             engine = self._engine_for_current_settings()
-            job.result = engine.generate(
-                job.request,
-                on_progress=lambda progress: self._on_progress(job, progress),
-                should_cancel=job.cancel_requested.is_set,
-            )
+            if job.task is not None:
+                job.result = job.task(engine, job)
+            else:
+                report = functools.partial(self.report, job)
+                job.result = engine.generate(job.request, on_progress=report, should_cancel=job.should_cancel)
         except CancelledError as error:
             self._finish(job, "cancelled", error=str(error))
         except SDCoreError as error:
@@ -169,7 +182,8 @@ class JobRunner:
         else:
             self._finish(job, "done")
 
-    def _on_progress(self, job: Job, progress: Progress) -> None:
+    def report(self, job: Job, progress: Progress) -> None:
+        """Record progress (any thread); the main thread sees it at its next ``poll``."""
         job.progress = progress
         self._events.put(JobEvent("progress", job))
 

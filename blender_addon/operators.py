@@ -44,7 +44,7 @@ def _show_in_image_editors(image: bpy.types.Image) -> None:
 
 def _finish(job: Job) -> None:
     if job.state == "done":
-        images = generation.apply_finished(job)
+        images = job.context["apply"](job)  # what the submitter wants done with the result
         if images:
             _show_in_image_editors(images[0])
             bpy.ops.ed.undo_push(message="Stable Diffusion result")  # one undo step for images and bakes

@@ -12,7 +12,7 @@ class SD_UL_history(bpy.types.UIList):
         layout.label(text=item.label, icon="IMAGE_DATA")
 
 
-class _SidebarPanel:
+class SidebarPanel:
     """Where every panel of the add-on lives: 3D Viewport > Sidebar > SD."""
 
     bl_space_type = "VIEW_3D"
@@ -20,7 +20,7 @@ class _SidebarPanel:
     bl_category = "SD"
 
 
-class SD_PT_main(_SidebarPanel, bpy.types.Panel):
+class SD_PT_main(SidebarPanel, bpy.types.Panel):
     bl_label = "Stable Diffusion"
     bl_idname = "SD_PT_main"
 
@@ -53,7 +53,7 @@ class SD_PT_main(_SidebarPanel, bpy.types.Panel):
             layout.template_ID_preview(settings, "last_result", rows=2, cols=4)
 
 
-class SD_PT_sampling(_SidebarPanel, bpy.types.Panel):
+class SD_PT_sampling(SidebarPanel, bpy.types.Panel):
     bl_label = "Sampling"
     bl_parent_id = "SD_PT_main"
 
@@ -78,7 +78,7 @@ class SD_PT_sampling(_SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "tiling")
 
 
-class SD_PT_control(_SidebarPanel, bpy.types.Panel):
+class SD_PT_control(SidebarPanel, bpy.types.Panel):
     bl_label = "Depth, Mask & Projection"
     bl_parent_id = "SD_PT_main"
 
@@ -101,7 +101,7 @@ class SD_PT_control(_SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "output_dir")
 
 
-class SD_PT_history(_SidebarPanel, bpy.types.Panel):
+class SD_PT_history(SidebarPanel, bpy.types.Panel):
     bl_label = "History"
     bl_parent_id = "SD_PT_main"
     bl_options = {"DEFAULT_CLOSED"}

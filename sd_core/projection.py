@@ -363,6 +363,24 @@ class TextureProjection:
         return np.concatenate([color, alpha], axis=2)
 
 
+def texel_surface(
+    uv_triangles: np.ndarray, corner_positions: np.ndarray, corner_normals: np.ndarray, width: int, height: int
+) -> tuple[TexelSamples, np.ndarray, np.ndarray]:
+    """Rasterise the UV triangles and give every covered texel its world position and unit normal (M, 3).
+
+    Shared by single-view projection and multi-view fusion, so both see exactly the same surface points.
+    """
+    triangle_count = len(uv_triangles)
+    for name, array in (("corner positions", corner_positions), ("corner normals", corner_normals)):
+        if np.shape(array) != (triangle_count, 3, 3):
+            raise ValidationError(f"Mesh {name} must be ({triangle_count}, 3, 3), got {np.shape(array)}.")
+    texels = rasterize_uv(uv_triangles, width, height)
+    points = texels.interpolate(np.asarray(corner_positions, dtype=np.float64))
+    normals = texels.interpolate(np.asarray(corner_normals, dtype=np.float64))
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    return texels, points, normals
+
+
 def project_to_texture(
     camera: CameraModel,
     image: np.ndarray,
@@ -384,15 +402,7 @@ def project_to_texture(
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValidationError(f"The image to project must be (height, width, 3), got shape {image.shape}.")
-    triangle_count = len(uv_triangles)
-    for name, array in (("corner positions", corner_positions), ("corner normals", corner_normals)):
-        if np.shape(array) != (triangle_count, 3, 3):
-            raise ValidationError(f"Mesh {name} must be ({triangle_count}, 3, 3), got {np.shape(array)}.")
-    texels = rasterize_uv(uv_triangles, width, height)
-    points = texels.interpolate(np.asarray(corner_positions, dtype=np.float64))
-    normals = texels.interpolate(np.asarray(corner_normals, dtype=np.float64))
-    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-
+    texels, points, normals = texel_surface(uv_triangles, corner_positions, corner_normals, width, height)
     samples = view_samples(camera, depth_map, points, normals, relative_tolerance=relative_tolerance)
     scale = np.array([image.shape[1] / camera.width, image.shape[0] / camera.height])
     colors = sample_bilinear(np.asarray(image, dtype=np.float32), samples.pixel_xy * scale)
