@@ -253,3 +253,21 @@ def test_the_viewport_source_plans_from_the_viewports_view(still_life):
     height, width = plan.request.image.shape[:2]
     assert max(width, height) == 96  # the render's long side
     assert plan.request.controls and plan.camera_capture.camera.width == width
+
+
+def test_the_models_folder_is_scanned_by_content_not_name(addon, tiny_models, tmp_path):
+    import shutil
+
+    shutil.copy(tiny_models["sd1_single"], tmp_path / "controlnet_looking_name.safetensors")
+    shutil.copy(tiny_models["sd1_controlnet_single"], tmp_path / "my_model.safetensors")
+    shutil.copytree(tiny_models["sd1"], tmp_path / "a diffusers folder")
+    (tmp_path / "notes.txt").write_text("not a model")
+    preferences = bpy.context.preferences.addons[ADDON].preferences
+    preferences.models_dir = str(tmp_path)
+    preferences.hub_models = "owner/some-model"
+    preferences_module = sys.modules[f"{ADDON}.preferences"]
+    pipelines = preferences_module.known_models(bpy.context, "pipeline")
+    controlnets = preferences_module.known_models(bpy.context, "controlnet")
+    names = [Path(entry).name for entry in pipelines]
+    assert names == ["a diffusers folder", "controlnet_looking_name.safetensors", "some-model"]
+    assert [Path(entry).name for entry in controlnets] == ["my_model.safetensors", "control_v11f1p_sd15_depth"]
