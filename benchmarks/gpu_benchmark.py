@@ -4,16 +4,21 @@ Real-size architectures (from the bundled configs) with random weights: compute 
 shapes, not values, and no weights can be downloaded here. The weights are saved once as a diffusers
 folder so sd_core loads them through its real loading path; stock diffusers loads the same folder.
 
-    python benchmarks/gpu_benchmark.py --cases sd15_cn_img2img --out benchmarks/results/h100.json
+    python benchmarks/gpu_benchmark.py --out benchmarks/results/h100.json
 
-Each case reports median latency over ``--repeats`` runs after warm-up, per-step time, the time from
-load to first image, peak GPU memory, the sd_core/stock ratio, and the largest pixel difference
-between the two outputs for the same seed.
+Each case runs stock diffusers (eager, fp16, SDPA), sd_core with acceleration off (the noise floor of
+the output comparison: same computation, different code path) and sd_core with CUDA graphs. Each
+reports median latency over ``--repeats`` runs after warm-up; per-step time two ways (latency over
+steps, and the marginal cost of a step from a second run with twice the steps); per-request overhead
+outside the steps (latency minus steps times the marginal step); time from load to first image
+(graph capture included); peak GPU memory allocated and reserved; and the largest pixel difference
+to stock for the same seed. The low-VRAM section runs CPU offload under a per-process memory cap.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -105,21 +110,38 @@ def inputs(case: Case) -> dict[str, np.ndarray]:
     return {"image": image, "mask": mask, "depth": depth}
 
 
-def timed(fn, repeats: int) -> tuple[list[float], Any]:
+GIB = 2**30
+SEED = 1234
+# Low-VRAM budgets from the issue: what a 4 GiB card holds for SD1.5 + ControlNet, an 8 GiB card for SDXL.
+LOW_VRAM_CAP_GIB = {"sd1": 4.0, "sdxl": 8.0}
+# The ablation of the graph path: graphs without its layout changes (fused QKV, channels-last).
+GRAPHS_ONLY = {"fuse_qkv": False, "channels_last": False}
+
+
+def unet_steps(case: Case, steps: int) -> int:
+    return steps if case.mode == "txt2img" else int(steps * case.strength)
+
+
+def timed(run, repeats: int, steps: int) -> tuple[list[float], Any]:
     times, output = [], None
     for _ in range(repeats):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        output = fn()
+        output = run(steps)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return times, output
 
 
-def stock_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[str, np.ndarray], seed: int):
+def to_pil(array: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray((array * 255 + 0.5).astype(np.uint8))
+
+
+def stock_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[str, np.ndarray]):
     """Stock diffusers, the way its docs show: from_pretrained, fp16, .to('cuda'), call."""
     import diffusers
-    from PIL import Image
 
     prefix = "StableDiffusionXL" if case.family == "sdxl" else "StableDiffusion"
     middle = "ControlNet" if case.controlnet else ""
@@ -133,7 +155,6 @@ def stock_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[s
     pipe = cls.from_pretrained(model_dir, torch_dtype=torch.float16, **extra).to("cuda")
     pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    to_pil = lambda a: Image.fromarray((a * 255 + 0.5).astype(np.uint8))  # noqa: E731
     kwargs: dict[str, Any] = {"height": case.size, "width": case.size}
     if case.mode != "txt2img":
         kwargs.update(image=to_pil(data["image"]), strength=case.strength)
@@ -142,11 +163,11 @@ def stock_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[s
     if case.controlnet:
         kwargs["control_image" if case.mode != "txt2img" else "image"] = to_pil(data["depth"])
 
-    def run():
-        generator = torch.Generator("cpu").manual_seed(seed)
+    def run(steps: int):
+        generator = torch.Generator("cpu").manual_seed(SEED)
         out = pipe(
             "a stone wall",
-            num_inference_steps=case.steps,
+            num_inference_steps=steps,
             guidance_scale=7.0,
             generator=generator,
             output_type="np",
@@ -157,63 +178,182 @@ def stock_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[s
     return pipe, run
 
 
-def sd_core_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[str, np.ndarray], seed: int):
+def sd_core_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[str, np.ndarray], **settings):
+    """sd_core through its public API, with a progress callback (so step previews are part of the cost)."""
     from sd_core.engine import Engine
     from sd_core.request import ControlSpec, EngineSettings, GenerationRequest
 
-    engine = Engine(EngineSettings(device="cuda"))
-    to8 = lambda a: np.round(a * 255) / 255  # same 8-bit inputs as stock's PIL images  # noqa: E731
-    request = GenerationRequest(
+    accelerator_options = settings.pop("accelerator", None)
+    engine = Engine(EngineSettings(device="cuda", **settings))
+    if accelerator_options is not None:  # a variant of the graph path other than the default
+        from sd_core.acceleration import CudaGraphAccelerator
+
+        engine.accelerator = CudaGraphAccelerator(**accelerator_options)
+    to8 = lambda a: (np.round(a * 255) / 255).astype(np.float32)  # same 8-bit inputs as stock's PIL  # noqa: E731
+    base = dict(
         model=str(model_dir),
         prompt="a stone wall",
-        image=to8(data["image"]).astype(np.float32) if case.mode != "txt2img" else None,
+        image=to8(data["image"]) if case.mode != "txt2img" else None,
         mask=data["mask"] if case.mode == "inpaint" else None,
-        controls=(ControlSpec(str(controlnet_dir), to8(data["depth"]).astype(np.float32)),) if case.controlnet else (),
+        controls=(ControlSpec(str(controlnet_dir), to8(data["depth"])),) if case.controlnet else (),
         width=case.size,
         height=case.size,
         strength=case.strength,
-        steps=case.steps,
         guidance=7.0,
-        seed=seed,
+        seed=SEED,
         scheduler="euler",
     )
 
-    def run():
+    def run(steps: int):
+        request = GenerationRequest(steps=steps, **base)
         return engine.generate(request, on_progress=lambda _p: None).images[0].pixels
 
     return engine, run
 
 
-def measure(name: str, factory, case: Case, model_dir, controlnet_dir, data, repeats: int) -> dict[str, Any]:
+def release(holder: Any) -> None:
+    """Unload a runner's models; the caller then drops its references and calls ``free_gpu``."""
+    if hasattr(holder, "unload"):
+        holder.unload()
+
+
+def free_gpu() -> None:
+    """Give cached GPU memory back so the next variant starts from the same empty card."""
+    gc.collect()
+    torch.cuda.synchronize()
     torch.cuda.empty_cache()
+
+
+def measure(name: str, factory, case: Case, repeats: int, **options) -> dict[str, Any]:
+    free_gpu()
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    holder, run = factory(case, model_dir, controlnet_dir, data, seed=1234)
-    first_times, _ = timed(run, 1)
+    holder, run = factory(case, **options)
+    first_times, _ = timed(run, 1, case.steps)
     first_image_s = time.perf_counter() - start
-    timed(run, 1)  # second warm-up
-    times, output = timed(run, repeats)
-    unet_steps = case.steps if case.mode == "txt2img" else int(case.steps * case.strength)
-    latency = statistics.median(times)
+    timed(run, 1, case.steps)  # second warm-up
+    times, output = timed(run, repeats, case.steps)
+    long_times, _ = timed(run, repeats, 2 * case.steps)  # another step count reuses the same graphs
+    latency, long_latency = statistics.median(times), statistics.median(long_times)
+    steps, long_steps = unet_steps(case, case.steps), unet_steps(case, 2 * case.steps)
+    marginal_step = (long_latency - latency) / (long_steps - steps)
     result = {
         "latency_s": latency,
-        "per_step_ms": latency / unet_steps * 1000,
-        "unet_steps": unet_steps,
+        "per_step_ms": latency / steps * 1000,
+        "marginal_step_ms": marginal_step * 1000,
+        "overhead_outside_steps_ms": (latency - steps * marginal_step) * 1000,
+        "unet_steps": steps,
         "load_to_first_image_s": first_image_s,
         "first_call_s": first_times[0],
-        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_gpu_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
+        "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
         "all_runs_s": times,
+        "long_runs_s": long_times,
     }
+    accelerator = getattr(holder, "accelerator", None)
+    if accelerator is not None:
+        flags = {key: value for key, value in vars(accelerator).items() if isinstance(value, bool)}
+        result["accelerator"] = {"class": type(accelerator).__name__, **flags}
+        result["cuda_graphs_captured"] = getattr(accelerator, "graph_count", 0)
+    release(holder)
     del holder, run
-    torch.cuda.empty_cache()
-    print(f"  {name:8s} {latency * 1000:8.1f} ms  {result['per_step_ms']:6.2f} ms/step", flush=True)
+    free_gpu()
+    print(
+        f"  {name:16s} {latency * 1000:8.1f} ms  {result['per_step_ms']:6.2f} ms/step  "
+        f"marginal {result['marginal_step_ms']:6.2f}  overhead {result['overhead_outside_steps_ms']:6.1f} ms  "
+        f"first {first_image_s:5.1f} s  reserved {result['peak_gpu_reserved_gib']:.2f} GiB",
+        flush=True,
+    )
     return {"metrics": result, "output": output}
+
+
+def low_vram(case: Case, variant: str, factory, repeats: int, **options) -> dict[str, Any]:
+    """One run under the family's memory cap (``set_per_process_memory_fraction``): fits or not, and how fast."""
+    cap = LOW_VRAM_CAP_GIB[case.family]
+    total = torch.cuda.get_device_properties(0).total_memory
+    free_gpu()
+    torch.cuda.set_per_process_memory_fraction(cap * GIB / total)
+    entry: dict[str, Any] = {"cap_gib": cap, "variant": variant}
+    holder = run = None
+    try:
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        holder, run = factory(case, **options)
+        timed(run, 1, case.steps)
+        entry["load_to_first_image_s"] = time.perf_counter() - start
+        times, output = timed(run, repeats, case.steps)
+        entry.update(
+            fits=True,
+            latency_s=statistics.median(times),
+            per_step_ms=statistics.median(times) / unet_steps(case, case.steps) * 1000,
+            peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / GIB,
+            peak_gpu_reserved_gib=torch.cuda.max_memory_reserved() / GIB,
+            outputs_finite=bool(np.isfinite(output).all()),
+        )
+    except Exception as error:  # an OOM under the cap is a result, as is any other failure of the mode
+        entry.update(fits=False, error=f"{type(error).__name__}: {str(error)[:300]}")
+    finally:
+        release(holder)
+        del holder, run
+        free_gpu()
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    print(f"  low-VRAM {variant:12s} cap {cap} GiB: {entry}", flush=True)
+    return entry
+
+
+def preview_gpu_ms(family: str) -> dict[str, float]:
+    """GPU time of one step preview, and host time of one non-blocking hand-over, at 512² and 1024² latents."""
+    from sd_core.preview import PreviewRelay
+
+    result = {}
+    for side in (64, 128):
+        latents = torch.randn(2, 4, side, side, device="cuda", dtype=torch.float16)
+        relay = PreviewRelay(family, deferred=True)
+        for _ in range(3):
+            relay.handover(latents)
+        torch.cuda.synchronize()
+        start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        host_start = time.perf_counter()
+        start_event.record()
+        for _ in range(100):
+            relay.handover(latents)
+        end_event.record()
+        host_ms = (time.perf_counter() - host_start) * 10
+        torch.cuda.synchronize()
+        result[f"{side * 8}px_gpu_ms"] = start_event.elapsed_time(end_event) / 100
+        result[f"{side * 8}px_host_ms"] = host_ms
+    return result
+
+
+def profile_request(case: Case, out: Path, **paths) -> None:
+    """Where one warm accelerated request spends host and GPU time: the per-request overhead, itemised."""
+    from torch.profiler import ProfilerActivity, profile
+
+    holder, run = sd_core_runner(case, **paths)
+    timed(run, 2, case.steps)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        timed(run, 1, case.steps)
+    table = profiler.key_averages()
+    out.write_text(
+        table.table(sort_by="cpu_time_total", row_limit=40)
+        + "\n"
+        + table.table(sort_by="cuda_time_total", row_limit=40)
+    )
+    release(holder)
+    del holder, run
+    free_gpu()
+
+
+def difference(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+    return float(np.nanmax(np.abs(a.astype(np.float32) - b.astype(np.float32))[where]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ablate", nargs="*", default=["sd15_cn_img2img"], help="cases that also run graphs only")
+    parser.add_argument("--low-vram", nargs="*", default=["sd1", "sdxl"], help="families to run under a memory cap")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     import diffusers
@@ -228,9 +368,17 @@ def main() -> None:
             "transformers": transformers.__version__,
             "python": platform.python_version(),
         },
+        "command": " ".join(["python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d"),
         "cases": {},
+        "low_vram": {},
+        "preview": {},
     }
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
     built: dict[str, tuple[Path, Path]] = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for name in args.cases:
@@ -239,30 +387,70 @@ def main() -> None:
                 start = time.perf_counter()
                 built[case.family] = build_random_models(case.family, Path(tmp))
                 print(f"built {case.family} random weights in {time.perf_counter() - start:.1f} s", flush=True)
+                report["preview"][case.family] = preview_gpu_ms(case.family)
             model_dir, controlnet_dir = built[case.family]
             data = inputs(case)
+            paths = {"model_dir": model_dir, "controlnet_dir": controlnet_dir, "data": data}
             print(f"{name}:", flush=True)
-            stock = measure("stock", stock_runner, case, model_dir, controlnet_dir, data, args.repeats)
-            ours = measure("sd_core", sd_core_runner, case, model_dir, controlnet_dir, data, args.repeats)
-            difference = float(np.nanmax(np.abs(stock["output"].astype(np.float32) - ours["output"])))
-            report["cases"][name] = {
-                "case": case.__dict__,
-                "stock": stock["metrics"],
-                "sd_core": ours["metrics"],
-                "speedup_vs_stock": stock["metrics"]["latency_s"] / ours["metrics"]["latency_s"],
-                "max_abs_pixel_difference": difference,
-                "outputs_finite": bool(np.isfinite(stock["output"]).all() and np.isfinite(ours["output"]).all()),
+            runs = {
+                "stock": measure("stock", stock_runner, case, args.repeats, **paths),
+                "sd_core_off": measure("sd_core off", sd_core_runner, case, args.repeats, acceleration="off", **paths),
+                "sd_core": measure("sd_core graphs", sd_core_runner, case, args.repeats, **paths),
             }
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2))
-    print(f"\n{'case':18s} {'stock ms':>9s} {'sd_core ms':>10s} {'ms/step':>15s} {'speedup':>8s} {'max diff':>9s}")
+            if name in args.ablate:
+                runs["sd_core_graphs_only"] = measure(
+                    "graphs only", sd_core_runner, case, args.repeats, accelerator=GRAPHS_ONLY, **paths
+                )
+            stock = runs["stock"]
+            # Inpainting: sd_core pastes the exact input pixels back outside the mask, stock does not.
+            inpainting = case.mode == "inpaint"
+            compared = data["mask"] > 0.5 if inpainting else np.ones(data["mask"].shape, bool)
+            entry: dict[str, Any] = {"case": case.__dict__, "compared_pixels": "inside mask" if inpainting else "all"}
+            for variant, measured in runs.items():
+                entry[variant] = measured["metrics"]
+                if variant != "stock":
+                    speedup = stock["metrics"]["latency_s"] / measured["metrics"]["latency_s"]
+                    entry[variant]["speedup_vs_stock"] = speedup
+                    entry[variant]["max_abs_pixel_difference_to_stock"] = difference(
+                        stock["output"], measured["output"], compared
+                    )
+            entry["max_abs_pixel_difference_graphs_vs_off"] = difference(
+                runs["sd_core"]["output"], runs["sd_core_off"]["output"], compared
+            )
+            entry["outputs_finite"] = all(bool(np.isfinite(m["output"]).all()) for m in runs.values())
+            report["cases"][name] = entry
+            save()
+            if name == "sd15_cn_img2img":
+                profile_request(case, args.out.with_suffix(".profile.txt"), **paths)
+        for family in args.low_vram:
+            case = next(c for c in CASES.values() if c.family == family and c.controlnet)
+            if family not in built:
+                continue
+            model_dir, controlnet_dir = built[family]
+            paths = {"model_dir": model_dir, "controlnet_dir": controlnet_dir, "data": inputs(case)}
+            report["low_vram"][case.name] = low_vram(
+                case, "sd_core cpu_offload", sd_core_runner, 2, cpu_offload=True, **paths
+            )
+            save()
+    print_table(report)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(
+        f"\n{'case':18s} {'variant':14s} {'ms':>8s} {'ms/step':>8s} {'marg.':>6s} {'ovh ms':>7s} {'first s':>7s} "
+        f"{'res GiB':>7s} {'speedup':>7s} {'diff':>6s}"
+    )
     for name, entry in report["cases"].items():
-        s, o = entry["stock"], entry["sd_core"]
-        steps = f"{s['per_step_ms']:.1f}/{o['per_step_ms']:.1f}"
-        print(
-            f"{name:18s} {s['latency_s'] * 1000:9.1f} {o['latency_s'] * 1000:10.1f} {steps:>15s} "
-            f"{entry['speedup_vs_stock']:8.2f} {entry['max_abs_pixel_difference']:9.4f}"
-        )
+        for variant in ("stock", "sd_core_off", "sd_core_graphs_only", "sd_core"):
+            if variant not in entry:
+                continue
+            m = entry[variant]
+            print(
+                f"{name:18s} {variant:14s} {m['latency_s'] * 1000:8.1f} {m['per_step_ms']:8.2f} "
+                f"{m['marginal_step_ms']:6.2f} {m['overhead_outside_steps_ms']:7.1f} {m['load_to_first_image_s']:7.1f} "
+                f"{m['peak_gpu_reserved_gib']:7.2f} {m.get('speedup_vs_stock', 1.0):7.2f} "
+                f"{m.get('max_abs_pixel_difference_to_stock', 0.0):6.3f}"
+            )
     print(f"card: {report['card']}; {report['software']}")
 
 

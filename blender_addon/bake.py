@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from blender_addon.capture import CameraCapture
 from sd_core.errors import ValidationError
 from sd_core.projection import project_to_texture
+
+from .capture import CameraCapture
 
 PROJECTION_UV_NAME = "SD Projection UV"
 NODE_LABEL = "SD Projection"

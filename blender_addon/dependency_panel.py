@@ -12,7 +12,7 @@ import bpy
 
 from . import dependencies
 
-ADDON_PACKAGE = __package__ or "blender_addon"
+ADDON_PACKAGE = __package__  # "blender_addon" in a checkout, "bl_ext.<repo>.sd_blender" as an extension
 POLL_INTERVAL_S = 0.5
 
 _state: dependencies.DependencyState | None = None

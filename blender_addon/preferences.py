@@ -13,7 +13,7 @@ from sd_core.request import EngineSettings
 
 from . import dependency_panel
 
-ADDON_PACKAGE = __package__ or "blender_addon"
+ADDON_PACKAGE = __package__  # "blender_addon" in a checkout, "bl_ext.<repo>.sd_blender" as an extension
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 

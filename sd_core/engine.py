@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from sd_core import images
+from sd_core.acceleration import make_accelerator
 from sd_core.device import resolve_placement
 from sd_core.errors import CancelledError, ModelError, OutOfMemoryError
 from sd_core.memory import check_fits
 from sd_core.models import ModelCache, ModelInfo
-from sd_core.preview import latents_to_preview
+from sd_core.offload import enable_offload
+from sd_core.preview import PreviewRelay
 from sd_core.request import EngineSettings, GeneratedImage, GenerationRequest, Mode, Progress, Result
 from sd_core.schedulers import make_scheduler
 from sd_core.tiling import seamless
@@ -53,9 +55,12 @@ class Engine:
     def __init__(self, settings: EngineSettings | None = None, cache: ModelCache | None = None) -> None:
         self.settings = settings or EngineSettings()
         self.cache = cache or ModelCache(self.settings)
+        placement = self.cache.placement
+        self.accelerator = make_accelerator(self.settings.acceleration, placement.device, self.settings.cpu_offload)
 
     def unload(self) -> None:
         """Free every loaded model from host and GPU memory."""
+        self.accelerator.reset()
         self.cache.unload()
 
     def model_info(self, source: str) -> ModelInfo:
@@ -82,7 +87,10 @@ class Engine:
         inputs = _prepare_inputs(request)
         results = []
         try:
-            with seamless([pipe.unet, pipe.vae, *controlnets], request.tiling):
+            with (
+                seamless([pipe.unet, pipe.vae, *controlnets], request.tiling),
+                self.accelerator.active(pipe, variant=request.tiling),
+            ):
                 for index in range(request.batch_size):
                     image_seed = (seed + index) % 2**32
                     pixels = self._run_once(pipe, request, info, inputs, image_seed, index, on_progress, should_cancel)
@@ -122,7 +130,7 @@ class Engine:
         pipe.set_progress_bar_config(disable=True)
         if self.settings.cpu_offload:
             placement = resolve_placement(self.settings.device, self.settings.dtype)
-            pipe.enable_model_cpu_offload(device=placement.device)
+            enable_offload(pipe, placement.device, info.family)
         if self.settings.vae_tiling:
             pipe.vae.enable_tiling()
         else:
@@ -142,12 +150,13 @@ class Engine:
     ) -> np.ndarray:
         width, height = request.size
         padded_w, padded_h = images.padded_size(width, height)
+        previews = PreviewRelay(info.family, deferred=self.cache.placement.device.type == "cuda")
 
         def on_step_end(pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if should_cancel is not None and should_cancel():
                 raise CancelledError("Generation cancelled.")
             if on_progress is not None:
-                preview = latents_to_preview(tensors["latents"], info.family)
+                preview = previews.handover(tensors["latents"])
                 on_progress(Progress(step + 1, pipeline.num_timesteps, image_index, preview))
             return {}
 

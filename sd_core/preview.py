@@ -3,6 +3,11 @@
 Decoding with the VAE every step costs as much as a UNet call; this costs a tiny matrix product on
 the device and an (H/8, W/8) transfer. The factors are the widely used "latent RGB" approximations
 for the SD1.x/SD2.x and SDXL latent spaces.
+
+On a GPU even that transfer must not be waited for each step: a blocking copy drains the GPU's queue,
+so the next step cannot be queued ahead and the GPU idles while the host catches up. ``PreviewRelay``
+copies each step's preview into pinned host memory without blocking and hands over the previous one,
+whose copy has finished by then (or finishes while the GPU already works on the current step).
 """
 
 from __future__ import annotations
@@ -21,10 +26,44 @@ _SDXL_FACTORS = (
 _SDXL_BIAS = (0.1084, -0.0175, -0.0011)
 
 
-def latents_to_preview(latents: torch.Tensor, family: str) -> np.ndarray:
-    """(B, 4, h, w) latents -> (h, w, 3) float32 RGB in [0,1] of the first image in the batch."""
-    factors, bias = (_SDXL_FACTORS, _SDXL_BIAS) if family == "sdxl" else (_SD1_FACTORS, _SD1_BIAS)
-    first = latents[0, :4].float()
-    weight = torch.tensor(factors, device=first.device)
-    rgb = torch.einsum("chw,cr->hwr", first, weight) + torch.tensor(bias, device=first.device)
-    return ((rgb.clamp(-1.0, 1.0) + 1.0) * 0.5).cpu().numpy()
+class PreviewRelay:
+    """Turns each step's latents into a preview; on a GPU without making the host wait for that step.
+
+    ``deferred=False`` (CPU, MPS) returns each step's own preview. ``deferred=True`` (CUDA) returns the
+    previous step's, None at the first step: one preview per step, one step behind, and no step waits.
+    """
+
+    def __init__(self, family: str, deferred: bool) -> None:
+        self.family = family
+        self.deferred = deferred
+        self._map: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+
+    def handover(self, latents: torch.Tensor) -> np.ndarray | None:
+        """Start this step's preview; return the preview that is ready to show now."""
+        rgb = self._to_rgb(latents)
+        if not self.deferred:
+            return rgb.cpu().numpy()
+        # A fresh pinned tensor per step (torch caches pinned blocks): the array handed out keeps its own memory.
+        on_gpu = rgb.is_cuda
+        host = torch.empty(rgb.shape, dtype=rgb.dtype, pin_memory=on_gpu)
+        host.copy_(rgb, non_blocking=on_gpu)
+        copied = torch.cuda.Event() if on_gpu else None
+        if copied is not None:
+            copied.record()
+        previous, self._pending = self._pending, (host, copied)
+        if previous is None:
+            return None
+        previous_host, previous_copied = previous
+        if previous_copied is not None:
+            previous_copied.synchronize()
+        return previous_host.numpy()
+
+    def _to_rgb(self, latents: torch.Tensor) -> torch.Tensor:
+        if self._map is None:
+            # Made once: building them from Python lists each step is a blocking host-to-device copy.
+            factors, bias = (_SDXL_FACTORS, _SDXL_BIAS) if self.family == "sdxl" else (_SD1_FACTORS, _SD1_BIAS)
+            self._map = (torch.tensor(factors, device=latents.device), torch.tensor(bias, device=latents.device))
+        weight, offset = self._map
+        rgb = torch.einsum("chw,cr->hwr", latents[0, :4].float(), weight) + offset
+        return (rgb.clamp(-1.0, 1.0) + 1.0) * 0.5

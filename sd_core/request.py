@@ -182,11 +182,15 @@ class EngineSettings:
     vae_tiling: bool = False
     allow_network: bool = False
     allow_unsafe_pickle: bool = False
+    acceleration: str = "auto"  # auto | off | cuda_graphs: "auto" replays CUDA graphs on CUDA, plain elsewhere
 
 
 @dataclass(frozen=True)
 class Progress:
-    """One finished denoising step. ``preview`` is a cheap RGB approximation, not the VAE decode."""
+    """One finished denoising step. ``preview`` is a cheap RGB approximation, not the VAE decode.
+
+    On a GPU the preview is one step behind (None at the first step), so the GPU never waits for it.
+    """
 
     step: int
     total: int

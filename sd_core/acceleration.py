@@ -1,0 +1,272 @@
+"""GPU speed: replay the denoising networks as CUDA graphs instead of launching their kernels one by one.
+
+Why: on a fast GPU the stock diffusers loop is launch-bound. A UNet step issues well over a thousand
+small kernels and the host issues them slower than the GPU runs them, so most of a step is the GPU
+waiting. A CUDA graph records a module's kernels once and replays them with one launch.
+
+How: while a generation runs, ``forward`` of the UNet, each ControlNet and the text encoders is replaced
+on the instance by a wrapper. The wrapper flattens the call's arguments; tensors become the graph's
+inputs, everything else (floats, flags, None, the tree structure) becomes part of the graph's key
+together with every tensor's shape, stride and dtype. A new key is warmed up on a
+side stream, captured, and replayed from then on: the arguments are copied into static buffers, the
+graph is replayed, and the outputs are cloned, because the next replay overwrites the graph's own output
+buffers while diffusers (or the scheduler's history) may still hold the previous result. All graphs of an
+engine share one memory pool, since they never run concurrently.
+
+Anything a graph cannot capture (a tensor off the GPU, a random generator or other object argument, a
+capture error) runs the plain module instead, so the fast path never changes what is computed, only how it
+is launched. The VAE stays eager: diffusers passes it the request's random generator, and SDXL pipelines
+recast its weights around every decode.
+
+Two one-time layout changes make the replayed kernels themselves faster (H100, SD1.5 + ControlNet img2img
+at 512², marginal cost of a step: 18.5 ms with graphs alone, 15.1 ms with both): fused QKV projections
+(one matrix product instead of three) and channels-last convolutions (cuDNN's fast fp16 kernels want
+NHWC). Autotuned cuDNN convolutions with cuDNN attention first were measured too and gained nothing
+(15.1 ms). benchmarks/README.md has the numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+
+from sd_core.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+AccelerationMode = Literal["auto", "off", "cuda_graphs"]
+ACCELERATION_MODES: tuple[AccelerationMode, ...] = ("auto", "off", "cuda_graphs")
+
+# Eager calls on a side stream before a capture: they initialise cuBLAS/cuDNN handles and workspaces and
+# let the caching allocator settle, none of which may happen while a graph is being captured.
+_WARMUP_CALLS = 2
+# A new image size or batch adds graphs; past this many, all graphs and their pool are dropped and capture
+# starts over, so switching sizes all afternoon cannot grow GPU memory without bound.
+_MAX_GRAPHS = 12
+_PLAIN_VALUES = (bool, int, float, str, torch.dtype, torch.device)
+
+
+class Accelerator(Protocol):
+    """What the engine needs from a speed path: speed up a pipeline for one generation, and forget everything."""
+
+    def active(self, pipe: Any, variant: Hashable) -> Any:
+        """A context manager within which ``pipe``'s networks run on the fast path."""
+        ...
+
+    def reset(self) -> None:
+        """Drop every prepared graph and its memory (models are being unloaded)."""
+        ...
+
+
+class PlainPath:
+    """Stock diffusers execution: CPU, MPS, CPU offload, or acceleration turned off."""
+
+    @contextmanager
+    def active(self, pipe: Any, variant: Hashable) -> Iterator[None]:
+        yield
+
+    def reset(self) -> None:
+        pass
+
+
+def uses_cuda_graphs(mode: str, device: torch.device, cpu_offload: bool) -> bool:
+    """Whether the graph path applies: "auto" and "cuda_graphs" both mean "on CUDA, if the weights stay there".
+
+    CPU offload moves weights between host and GPU on every call, so captured addresses would go stale;
+    CPU and MPS have no CUDA graphs. In those cases the plain path runs, with identical results.
+    """
+    if mode not in ACCELERATION_MODES:
+        raise ValidationError(f"Unknown acceleration '{mode}': use {', '.join(ACCELERATION_MODES)}.")
+    return mode != "off" and device.type == "cuda" and not cpu_offload and torch.cuda.is_available()
+
+
+def make_accelerator(mode: str, device: torch.device, cpu_offload: bool) -> Accelerator:
+    """The speed path an engine with these settings uses."""
+    if uses_cuda_graphs(mode, device, cpu_offload):
+        return CudaGraphAccelerator()
+    return PlainPath()
+
+
+@dataclass
+class _CapturedGraph:
+    """One recorded call: static input buffers, the graph, and its output buffers with their structure."""
+
+    graph: torch.cuda.CUDAGraph
+    static_inputs: list[torch.Tensor]
+    static_outputs: list[Any]
+    output_spec: TreeSpec
+    weights_at: int  # data pointer of the module's first parameter when captured
+
+    def replay(self, tensors: list[torch.Tensor]) -> Any:
+        torch._foreach_copy_(self.static_inputs, tensors)
+        self.graph.replay()
+        outputs = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in self.static_outputs]
+        return tree_unflatten(outputs, self.output_spec)
+
+
+class CudaGraphAccelerator:
+    """Captures and replays CUDA graphs of the denoising networks, keyed by everything that shapes a call."""
+
+    def __init__(self, fuse_qkv: bool = True, channels_last: bool = True) -> None:
+        self.fuse_qkv = fuse_qkv
+        self.channels_last = channels_last
+        self._graphs: dict[tuple[Hashable, ...], _CapturedGraph | None] = {}
+        self._pool: Any = None
+        self._prepared: set[int] = set()
+
+    @contextmanager
+    def active(self, pipe: Any, variant: Hashable) -> Iterator[None]:
+        """Within the block, the pipeline's UNet, ControlNets and text encoders replay graphs.
+
+        ``variant`` names module state the arguments do not show (the seamless-tiling padding, for one),
+        so graphs recorded under one variant are never replayed under another.
+        """
+        with ExitStack() as stack:
+            for module in graphable_modules(pipe):
+                self._prepare(module)
+                stack.enter_context(self._installed(module, variant))
+            yield
+
+    def reset(self) -> None:
+        self._drop_graphs()
+        self._prepared.clear()
+
+    def _drop_graphs(self) -> None:
+        self._graphs.clear()
+        self._pool = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def graph_count(self) -> int:
+        """Graphs captured so far (failed captures not counted): what a benchmark reports as prepared work."""
+        return sum(graph is not None for graph in self._graphs.values())
+
+    def _prepare(self, module: torch.nn.Module) -> None:
+        """One-time layout changes that make the captured kernels themselves faster."""
+        if id(module) in self._prepared:
+            return
+        if self.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
+            module.fuse_qkv_projections()
+        if self.channels_last and _has_convolutions(module):
+            module.to(memory_format=torch.channels_last)
+        self._prepared.add(id(module))
+
+    @contextmanager
+    def _installed(self, module: torch.nn.Module, variant: Hashable) -> Iterator[None]:
+        """Shadow ``module.forward`` on the instance with the graph wrapper; restore exactly what was there."""
+        had_own = "forward" in module.__dict__
+        previous = module.__dict__.get("forward")
+        eager = module.forward
+
+        def graphed(*args: Any, **kwargs: Any) -> Any:
+            return self._call(module, eager, variant, args, kwargs)
+
+        module.forward = graphed  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            if had_own:
+                module.forward = previous  # type: ignore[method-assign]
+            else:
+                del module.forward
+
+    def _call(
+        self,
+        module: torch.nn.Module,
+        eager: Callable[..., Any],
+        variant: Hashable,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        leaves, spec = tree_flatten((args, kwargs))
+        layout = call_key(leaves, spec)
+        if layout is None or torch.is_grad_enabled():
+            return eager(*args, **kwargs)
+        key = (id(module), variant, *layout)
+        captured = self._graphs.get(key)
+        stale = captured is not None and captured.weights_at != _weights_address(module)
+        if key not in self._graphs or stale:
+            if stale:
+                log.warning("Weights of %s moved since capture: capturing again.", type(module).__name__)
+            if len(self._graphs) >= _MAX_GRAPHS:
+                self._drop_graphs()
+            captured = self._graphs[key] = self._capture(module, eager, leaves, spec)
+        if captured is None:
+            return eager(*args, **kwargs)
+        return captured.replay([leaf for leaf in leaves if isinstance(leaf, torch.Tensor)])
+
+    def _capture(
+        self, module: torch.nn.Module, eager: Callable[..., Any], leaves: list[Any], spec: TreeSpec
+    ) -> _CapturedGraph | None:
+        """Warm up, record one call into the shared pool; None (run eagerly from now on) if it cannot be recorded."""
+        static_leaves = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        static_args, static_kwargs = tree_unflatten(static_leaves, spec)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(_WARMUP_CALLS):
+                    eager(*static_args, **static_kwargs)
+            torch.cuda.current_stream().wait_stream(side)
+            # The warm-up's activations would otherwise stay cached beside the graph's own pool.
+            torch.cuda.empty_cache()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                outputs = eager(*static_args, **static_kwargs)
+        except RuntimeError as error:  # e.g. a host sync inside the module: not capturable
+            log.warning("CUDA graph capture of %s failed, running it eagerly: %s", type(module).__name__, error)
+            torch.cuda.synchronize()
+            return None
+        self._pool = graph.pool()
+        output_leaves, output_spec = tree_flatten(outputs)
+        static_inputs = [leaf for leaf in static_leaves if isinstance(leaf, torch.Tensor)]
+        return _CapturedGraph(graph, static_inputs, output_leaves, output_spec, _weights_address(module))
+
+
+def call_key(leaves: list[Any], spec: TreeSpec) -> tuple[Hashable, ...] | None:
+    """What a graph is specific to: argument structure, each tensor's layout, every non-tensor value.
+
+    None when the call cannot be a graph: a tensor off the GPU (or needing gradients), or any other object
+    than a plain value (a graph records values, so it may only be reused for equal ones; a random generator
+    or a mutable object could change behind an equal-looking key).
+    """
+    parts: list[Hashable] = [str(spec)]
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            if leaf.device.type != "cuda" or leaf.requires_grad:
+                return None
+            parts.append((tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device.index))
+        elif isinstance(leaf, _PLAIN_VALUES) or leaf is None:
+            parts.append((type(leaf), leaf))
+        else:
+            return None
+    return tuple(parts)
+
+
+def graphable_modules(pipe: Any) -> list[torch.nn.Module]:
+    """The UNet and every ControlNet (one, or a multi's members), called every step; and the text encoders,
+    called twice a request (prompt and negative prompt) with hundreds of small kernels each."""
+    modules = [pipe.unet]
+    modules.extend(
+        encoder for name in ("text_encoder", "text_encoder_2") if (encoder := getattr(pipe, name, None)) is not None
+    )
+    controlnet = getattr(pipe, "controlnet", None)
+    if controlnet is not None:
+        members = getattr(controlnet, "nets", None)
+        modules.extend(members if members is not None else [controlnet])
+    return modules
+
+
+def _has_convolutions(module: torch.nn.Module) -> bool:
+    return any(isinstance(layer, torch.nn.Conv2d) for layer in module.modules())
+
+
+def _weights_address(module: torch.nn.Module) -> int:
+    return next(module.parameters()).data_ptr()

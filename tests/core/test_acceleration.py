@@ -1,0 +1,121 @@
+"""The speed switch and its fallbacks, on the CPU: what runs where, and that nothing changes what is computed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._pytree import tree_flatten
+
+from sd_core import CancelledError, ControlSpec, EngineSettings, GenerationRequest, ValidationError
+from sd_core.acceleration import CudaGraphAccelerator, PlainPath, call_key, make_accelerator, uses_cuda_graphs
+from sd_core.engine import Engine
+from sd_core.preview import PreviewRelay
+
+SIZE = 64
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
+
+
+def request(tiny_models, **overrides) -> GenerationRequest:
+    rng = np.random.default_rng(0)
+    fields = {
+        "model": str(tiny_models["sd1"]),
+        "prompt": "a mossy stone",
+        "image": rng.random((SIZE, SIZE, 3), dtype=np.float32),
+        "controls": (ControlSpec(str(tiny_models["sd1_controlnet"]), rng.random((SIZE, SIZE, 3), dtype=np.float32)),),
+        "strength": 1.0,
+        "steps": 3,
+        "seed": 11,
+    }
+    fields.update(overrides)
+    return GenerationRequest(**fields)
+
+
+@pytest.mark.parametrize("mode", ["auto", "cuda_graphs"])
+def test_graphs_only_where_weights_stay_on_a_cuda_gpu(mode):
+    available = torch.cuda.is_available()
+    assert uses_cuda_graphs(mode, CUDA, cpu_offload=False) is available
+    assert not uses_cuda_graphs(mode, CUDA, cpu_offload=True)
+    assert not uses_cuda_graphs(mode, CPU, cpu_offload=False)
+    assert not uses_cuda_graphs(mode, torch.device("mps"), cpu_offload=False)
+
+
+def test_off_is_plain_everywhere():
+    assert not uses_cuda_graphs("off", CUDA, cpu_offload=False)
+    assert isinstance(make_accelerator("off", CUDA, cpu_offload=False), PlainPath)
+
+
+def test_auto_on_cpu_picks_the_plain_path():
+    assert isinstance(Engine(EngineSettings(device="cpu")).accelerator, PlainPath)
+
+
+def test_unknown_mode_is_an_artist_error():
+    with pytest.raises(ValidationError, match="Unknown acceleration 'turbo'"):
+        Engine(EngineSettings(device="cpu", acceleration="turbo"))
+
+
+def test_graphs_requested_on_cpu_give_the_plain_output_bit_for_bit(tiny_models):
+    plain = Engine(EngineSettings(device="cpu", acceleration="off")).generate(request(tiny_models))
+    fast = Engine(EngineSettings(device="cpu", acceleration="cuda_graphs")).generate(request(tiny_models))
+    np.testing.assert_array_equal(plain.images[0].pixels, fast.images[0].pixels)
+
+
+def test_graph_wrapper_degrades_to_the_module_for_cpu_tensors_and_restores_it(tiny_models):
+    """Installed on a CPU pipeline the wrapper must call the real modules: same pixels, nothing captured."""
+    engine = Engine(EngineSettings(device="cpu", acceleration="off"))
+    expected = engine.generate(request(tiny_models)).images[0].pixels
+    accelerator = CudaGraphAccelerator(fuse_qkv=False, channels_last=False)  # layout changes alter the bits
+    engine.accelerator = accelerator
+    unet = engine.cache.base_pipeline(str(tiny_models["sd1"]))[0].unet
+    got = engine.generate(request(tiny_models)).images[0].pixels
+    np.testing.assert_array_equal(expected, got)
+    assert accelerator.graph_count == 0
+    assert "forward" not in unet.__dict__  # the class's forward is back
+
+
+def key_of(args: tuple, kwargs: dict) -> tuple | None:
+    leaves, spec = tree_flatten((args, kwargs))
+    return call_key(leaves, spec)
+
+
+def test_graph_key_refuses_what_a_graph_cannot_replay():
+    assert key_of((torch.zeros(2, 4),), {}) is None  # a CPU tensor: no CUDA graph
+    assert key_of((), {"scale": np.ones(2)}) is None  # unhashable: cannot tell whether a recorded value still holds
+
+
+def test_graph_key_separates_recorded_values():
+    assert key_of((), {"scale": 1.0}) == key_of((), {"scale": 1.0})
+    assert key_of((), {"scale": 1.0}) != key_of((), {"scale": 0.5})  # a ControlNet scale is baked into the graph
+    assert key_of((), {"scale": 1.0}) != key_of((), {"weight": 1.0})
+
+
+def test_previews_one_per_step_and_cancel_within_a_step(tiny_models):
+    engine = Engine(EngineSettings(device="cpu", acceleration="cuda_graphs"))
+    seen = []
+    engine.generate(request(tiny_models), on_progress=seen.append)
+    assert [progress.step for progress in seen] == [1, 2, 3]
+    assert all(progress.preview is not None and progress.preview.shape == (8, 8, 3) for progress in seen)
+
+    steps = []
+    with pytest.raises(CancelledError):
+        engine.generate(
+            request(tiny_models),
+            on_progress=lambda progress: steps.append(progress.step),
+            should_cancel=lambda: bool(steps),
+        )
+    assert steps == [1]
+
+
+def test_deferred_previews_hand_over_the_previous_step():
+    """On a GPU each step gets the step before's preview, so the host never waits for the current one."""
+    torch.manual_seed(0)
+    steps = [torch.randn(1, 4, 8, 8) for _ in range(4)]
+    immediate = PreviewRelay("sd1", deferred=False)
+    deferred = PreviewRelay("sd1", deferred=True)
+    own = [immediate.handover(latents) for latents in steps]
+    lagged = [deferred.handover(latents) for latents in steps]
+    assert lagged[0] is None
+    for previous, handed_over in zip(own[:-1], lagged[1:], strict=True):
+        np.testing.assert_array_equal(previous, handed_over)
+    assert all(preview.shape == (8, 8, 3) and 0.0 <= preview.min() <= preview.max() <= 1.0 for preview in own)
