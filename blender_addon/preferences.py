@@ -51,6 +51,13 @@ class SDPreferences(bpy.types.AddonPreferences):
             ("float32", "Full (fp32)", "Most compatible, twice the memory"),
         ],
     )
+    acceleration: EnumProperty(  # type: ignore[valid-type]
+        name="GPU Speed-up",
+        items=[
+            ("auto", "Automatic", "CUDA graphs on NVIDIA GPUs (about 2x faster), plain elsewhere"),
+            ("off", "Off", "Plain diffusers: use if a driver or GPU misbehaves with the speed-up"),
+        ],
+    )
     cpu_offload: BoolProperty(  # type: ignore[valid-type]
         name="CPU Offload (low VRAM)", description="Keep idle parts of the model in RAM: slower, far less VRAM"
     )
@@ -70,6 +77,7 @@ class SDPreferences(bpy.types.AddonPreferences):
         row = layout.row()
         row.prop(self, "device")
         row.prop(self, "dtype")
+        layout.prop(self, "acceleration")
         row = layout.row()
         row.prop(self, "cpu_offload")
         row.prop(self, "vae_tiling")
@@ -83,6 +91,7 @@ class SDPreferences(bpy.types.AddonPreferences):
             dtype=self.dtype,
             cpu_offload=self.cpu_offload,
             vae_tiling=self.vae_tiling,
+            acceleration=self.acceleration,
             allow_network=bool(bpy.app.online_access),
             allow_unsafe_pickle=self.allow_unsafe_pickle,
         )

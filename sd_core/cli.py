@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sd_core.acceleration import ACCELERATION_MODES
 from sd_core.errors import SDCoreError, ValidationError
 from sd_core.request import TILINGS, ControlSpec, EngineSettings, GenerationRequest
 from sd_core.schedulers import SCHEDULERS
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tile", default="none", choices=TILINGS, help="seamless tiling axes")
     gen.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
     gen.add_argument("--dtype", default="auto", help="auto, float16, bfloat16 or float32")
+    gen.add_argument(
+        "--acceleration", default="auto", choices=ACCELERATION_MODES, help="GPU speed path (auto: CUDA graphs)"
+    )
     gen.add_argument("--cpu-offload", action="store_true", help="low VRAM: keep idle models in RAM")
     gen.add_argument("--vae-tiling", action="store_true", help="low VRAM: decode in tiles")
     gen.add_argument("--allow-network", action="store_true", help="allow downloading hub models")
@@ -120,6 +124,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
         dtype=args.dtype,
         cpu_offload=args.cpu_offload,
         vae_tiling=args.vae_tiling,
+        acceleration=args.acceleration,
         allow_network=args.allow_network,
         allow_unsafe_pickle=args.allow_unsafe_pickle,
     )
