@@ -14,34 +14,31 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if not __package__:  # run as a script by `blender --python`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+if TYPE_CHECKING:
+    from sd_core.request import EngineSettings
+
 EXIT_USER_ERROR = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blender_addon.headless", description=__doc__.split("\n\n")[0])
+def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The arguments every headless command shares: the file, the models, the prompt, where results go."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--blend", type=Path, help="the .blend to open (omit inside `blender -b file.blend`)")
     parser.add_argument("--model", required=True, help="checkpoint file, diffusers folder or hub id")
     parser.add_argument("--controlnet", default="", help="depth ControlNet model (omit for no depth control)")
     parser.add_argument("--control-scale", type=float, default=1.0)
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="")
-    parser.add_argument("--mode", choices=["txt2img", "img2img", "inpaint"], default="img2img")
-    parser.add_argument("--select", action="append", default=[], help="object to select (repeatable)")
-    parser.add_argument("--project", action="store_true", help="bake the result into the selected meshes")
-    parser.add_argument("--texture-size", type=int, default=1024)
-    parser.add_argument("--strength", type=float, default=0.75)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.0)
-    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--scheduler", default="dpmpp_2m_karras")
-    parser.add_argument("--width", type=int, help="override the render width")
-    parser.add_argument("--height", type=int, help="override the render height")
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     parser.add_argument("--save-as", type=Path, help="save the resulting .blend here (never over the input)")
     parser.add_argument("--device", default="auto")
@@ -49,6 +46,71 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-network", action="store_true")
     parser.add_argument("--allow-unsafe-pickle", action="store_true")
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = common_parser("blender_addon.headless", __doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["txt2img", "img2img", "inpaint"], default="img2img")
+    parser.add_argument("--select", action="append", default=[], help="object to select (repeatable)")
+    parser.add_argument("--project", action="store_true", help="bake the result into the selected meshes")
+    parser.add_argument("--texture-size", type=int, default=1024)
+    parser.add_argument("--strength", type=float, default=0.75)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--width", type=int, help="override the render width")
+    parser.add_argument("--height", type=int, help="override the render height")
+    return parser
+
+
+def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    from sd_core.request import EngineSettings
+
+    return EngineSettings(
+        device=args.device,
+        dtype=args.dtype,
+        allow_network=args.allow_network,
+        allow_unsafe_pickle=args.allow_unsafe_pickle,
+    )
+
+
+def open_blend(args: argparse.Namespace) -> None:
+    """Open ``--blend`` (if given) after checking that ``--save-as`` would not overwrite it."""
+    import bpy
+
+    from sd_core.errors import ValidationError
+
+    if args.blend is not None:
+        if not args.blend.is_file():
+            raise ValidationError(f"No such .blend file: {args.blend}")
+        if args.save_as is not None and args.save_as.resolve() == args.blend.resolve():
+            raise ValidationError("--save-as must be a new file: the input .blend is never overwritten.")
+        bpy.ops.wm.open_mainfile(filepath=str(args.blend))
+
+
+def save_copy(args: argparse.Namespace) -> None:
+    """Save the result to ``--save-as`` as a copy; the opened file stays untouched."""
+    import bpy
+
+    if args.save_as is not None:
+        args.save_as.parent.mkdir(parents=True, exist_ok=True)
+        bpy.ops.wm.save_as_mainfile(filepath=str(args.save_as.resolve()), copy=True)
+
+
+def command_main(
+    parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], list[str]], argv: Sequence[str] | None
+) -> int:
+    """Parse (after Blender's ``--``), run, print the written paths; artist errors: one line, exit 2."""
+    if argv is None:
+        argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
+    args = parser.parse_args(argv)
+    from sd_core.errors import SDCoreError
+
+    try:
+        for path in run(args):
+            print(path)
+    except SDCoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
 
 
 def _ensure_registered() -> None:
@@ -101,25 +163,14 @@ def run(args: argparse.Namespace) -> list[str]:
     """Open, plan, generate (waiting), write back; returns the written PNG paths."""
     import bpy
 
-    from sd_core.errors import SDCoreError, ValidationError
-    from sd_core.request import EngineSettings
+    from sd_core.errors import SDCoreError
 
     from . import generation
 
-    if args.blend is not None:
-        if not args.blend.is_file():
-            raise ValidationError(f"No such .blend file: {args.blend}")
-        bpy.ops.wm.open_mainfile(filepath=str(args.blend))
-    if args.save_as is not None and args.blend is not None and args.save_as.resolve() == args.blend.resolve():
-        raise ValidationError("--save-as must be a new file: the input .blend is never overwritten.")
+    open_blend(args)
     _ensure_registered()
     _apply_arguments(args)
-    settings = EngineSettings(
-        device=args.device,
-        dtype=args.dtype,
-        allow_network=args.allow_network,
-        allow_unsafe_pickle=args.allow_unsafe_pickle,
-    )
+    settings = engine_settings(args)
     job = generation.submit(bpy.context, settings)
     steps_done = 0
     runner = generation.runner(settings)
@@ -133,25 +184,12 @@ def run(args: argparse.Namespace) -> list[str]:
     if job.state != "done":
         raise SDCoreError(job.error or f"Generation {job.state}.")
     images = generation.apply_finished(job)
-    if args.save_as is not None:
-        args.save_as.parent.mkdir(parents=True, exist_ok=True)
-        bpy.ops.wm.save_as_mainfile(filepath=str(args.save_as.resolve()), copy=True)
+    save_copy(args)
     return [bpy.path.abspath(image.filepath) for image in images]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
-    args = build_parser().parse_args(argv)
-    from sd_core.errors import SDCoreError
-
-    try:
-        for path in run(args):
-            print(path)
-    except SDCoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+    return command_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,11 @@ from pathlib import Path
 if not __package__:  # run as a script by `blender --python`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-EXIT_USER_ERROR = 2
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blender_addon.multiview_headless", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--blend", type=Path, help="the .blend to open (omit inside `blender -b file.blend`)")
-    parser.add_argument("--model", required=True, help="checkpoint file, diffusers folder or hub id")
-    parser.add_argument("--controlnet", default="", help="depth ControlNet model (omit for no depth control)")
-    parser.add_argument("--control-scale", type=float, default=1.0)
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--negative-prompt", default="")
+    from . import headless
+
+    parser = headless.common_parser("blender_addon.multiview_headless", __doc__.split("\n\n")[0])
     parser.add_argument("--select", action="append", required=True, help="mesh to texture (repeatable)")
     parser.add_argument(
         "--cameras",
@@ -49,16 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--texture-size", type=int, default=1024)
     parser.add_argument("--samples", type=int, default=1, help="render samples for the conditioning renders")
     parser.add_argument("--strength", type=float, default=1.0)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scheduler", default="dpmpp_2m_karras")
-    parser.add_argument("--out", type=Path, required=True, help="folder for texture and view PNGs")
-    parser.add_argument("--save-as", type=Path, help="save the resulting .blend here (never over the input)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--allow-network", action="store_true")
-    parser.add_argument("--allow-unsafe-pickle", action="store_true")
     return parser
 
 
@@ -70,16 +55,10 @@ def run(args: argparse.Namespace) -> list[str]:
     from sd_core.engine import Engine
     from sd_core.errors import ValidationError
     from sd_core.multiview import engine_generator
-    from sd_core.request import EngineSettings
 
-    from . import multiview
+    from . import headless, multiview
 
-    if args.blend is not None:
-        if not args.blend.is_file():
-            raise ValidationError(f"No such .blend file: {args.blend}")
-        bpy.ops.wm.open_mainfile(filepath=str(args.blend))
-    if args.save_as is not None and args.blend is not None and args.save_as.resolve() == args.blend.resolve():
-        raise ValidationError("--save-as must be a new file: the input .blend is never overwritten.")
+    headless.open_blend(args)
     scene = bpy.context.scene
     missing = [name for name in args.select if name not in bpy.data.objects]
     if missing:
@@ -93,14 +72,7 @@ def run(args: argparse.Namespace) -> list[str]:
     plan = multiview.plan_multiview(
         scene, objects, cameras, size=args.size, texture_size=args.texture_size, samples=args.samples
     )
-    engine = Engine(
-        EngineSettings(
-            device=args.device,
-            dtype=args.dtype,
-            allow_network=args.allow_network,
-            allow_unsafe_pickle=args.allow_unsafe_pickle,
-        )
-    )
+    engine = Engine(headless.engine_settings(args))
     generate = engine_generator(
         engine,
         model=args.model,
@@ -129,29 +101,19 @@ def run(args: argparse.Namespace) -> list[str]:
         path = args.out / f"view_{number:02d}_{bpy.path.clean_name(camera)}.png"
         images.to_pil(pixels).save(path)
         paths.append(str(path))
-    if args.save_as is not None:
-        args.save_as.parent.mkdir(parents=True, exist_ok=True)
-        bpy.ops.wm.save_as_mainfile(filepath=str(args.save_as.resolve()), copy=True)
+    headless.save_copy(args)
     timings = {**plan.timings, **result.timings}
     print("timings: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in timings.items()), file=sys.stderr)
     return paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
-    args = build_parser().parse_args(argv)
-    from sd_core.errors import SDCoreError
+    from . import headless
 
     started = time.perf_counter()
-    try:
-        for path in run(args):
-            print(path)
-    except SDCoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    code = headless.command_main(build_parser(), run, argv)
     print(f"total {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -271,3 +271,21 @@ def test_the_models_folder_is_scanned_by_content_not_name(addon, tiny_models, tm
     names = [Path(entry).name for entry in pipelines]
     assert names == ["a diffusers folder", "controlnet_looking_name.safetensors", "some-model"]
     assert [Path(entry).name for entry in controlnets] == ["my_model.safetensors", "control_v11f1p_sd15_depth"]
+
+
+def test_headless_command_textures_and_saves_a_copy(still_life, tiny_models, tmp_path):
+    from blender_addon import headless
+
+    blend = tmp_path / "input.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    before = blend.read_bytes()
+    common = ["--blend", str(blend), "--model", str(tiny_models["sd1_single"]), "--prompt", "rust", "--steps", "2"]
+    out, saved = tmp_path / "renders", tmp_path / "textured.blend"
+    control = ["--controlnet", str(tiny_models["sd1_controlnet"]), "--select", "Front", "--project"]
+    where = ["--texture-size", "64", "--seed", "9", "--out", str(out), "--save-as", str(saved), "--device", "cpu"]
+    code = headless.main([*common, *control, *where])
+    assert code == 0
+    assert [p.name for p in out.iterdir()] == ["SD_rust_9.png"]
+    assert saved.is_file() and blend.read_bytes() == before
+    assert headless.main([*common, "--out", str(out), "--save-as", str(blend)]) == 2
+    assert headless.main([*common, "--select", "Nope", "--out", str(out)]) == 2
