@@ -19,7 +19,6 @@ import torch
 
 from sd_core import images
 from sd_core.acceleration import make_accelerator
-from sd_core.device import resolve_placement
 from sd_core.errors import CancelledError, ModelError, OutOfMemoryError
 from sd_core.memory import check_fits
 from sd_core.models import ModelCache, ModelInfo
@@ -129,8 +128,7 @@ class Engine:
         pipe.scheduler = make_scheduler(request.scheduler, base.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         if self.settings.cpu_offload:
-            placement = resolve_placement(self.settings.device, self.settings.dtype)
-            enable_offload(pipe, placement.device, info.family)
+            enable_offload(pipe, self.cache.placement.device, info.family)
         if self.settings.vae_tiling:
             pipe.vae.enable_tiling()
         else:
