@@ -13,6 +13,14 @@ steps, and the marginal cost of a step from a second run with twice the steps); 
 outside the steps (latency minus steps times the marginal step); time from load to first image
 (graph capture included); peak GPU memory allocated and reserved; and the largest pixel difference
 to stock for the same seed. The low-VRAM section runs CPU offload under a per-process memory cap.
+
+``--variants ... compile compile_warm`` adds acceleration "compile" (torch.compile + CUDA graphs): "compile"
+in this process with an empty inductor cache (cold: the compile is in the first-image time), then
+"compile_warm" in a second process on the same cache folder, the way a Blender restart meets it. The warm
+process also reports the time from its own start (interpreter, imports) to its first image:
+
+    python benchmarks/gpu_benchmark.py --cases sd15_cn_img2img --variants stock auto compile compile_warm \
+        --ablate --low-vram --no-profile --repeats 3 --out benchmarks/results/h100-compile.json
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +71,14 @@ CASES = {
 }
 PIPELINE_CONFIGS = {"sd1": "sd15", "sdxl": "sdxl_base"}
 UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
+# --variants name -> report key and sd_core settings (stock is stock diffusers; compile_warm a second process)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "stock": ("stock", {}),
+    "off": ("sd_core_off", {"acceleration": "off"}),
+    "auto": ("sd_core", {}),
+    "compile": ("sd_core_compile", {"acceleration": "compile"}),
+    "compile_warm": ("sd_core_compile_warm", {}),
+}
 
 
 def build_random_models(family: str, root: Path, device: str = "cuda") -> tuple[Path, Path]:
@@ -225,12 +242,14 @@ def free_gpu() -> None:
 
 
 def measure(name: str, factory, case: Case, repeats: int, **options) -> dict[str, Any]:
+    """Load, first image, warm runs at two step counts; the runner's own measurements (see the module doc)."""
     free_gpu()
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     holder, run = factory(case, **options)
     first_times, _ = timed(run, 1, case.steps)
     first_image_s = time.perf_counter() - start
+    first_image_at = time.time()
     timed(run, 1, case.steps)  # second warm-up
     times, output = timed(run, repeats, case.steps)
     long_times, _ = timed(run, repeats, 2 * case.steps)  # another step count reuses the same graphs
@@ -245,6 +264,7 @@ def measure(name: str, factory, case: Case, repeats: int, **options) -> dict[str
         "unet_steps": steps,
         "load_to_first_image_s": first_image_s,
         "first_call_s": first_times[0],
+        "first_image_at_epoch_s": first_image_at,
         "peak_gpu_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
         "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
         "all_runs_s": times,
@@ -348,14 +368,73 @@ def difference(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
     return float(np.nanmax(np.abs(a.astype(np.float32) - b.astype(np.float32))[where]))
 
 
+def compared_pixels(case: Case, data: dict[str, np.ndarray]) -> np.ndarray:
+    """Inpainting: sd_core pastes the exact input pixels back outside the mask, stock does not."""
+    return data["mask"] > 0.5 if case.mode == "inpaint" else np.ones(data["mask"].shape, bool)
+
+
+def folder_size(folder: Path) -> dict[str, int]:
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    return {"files": len(files), "bytes": sum(path.stat().st_size for path in files)}
+
+
+def compile_warm_in_new_process(
+    case: Case, paths: dict[str, Any], cache: Path, reference: np.ndarray, repeats: int, out: Path
+) -> dict[str, Any]:
+    """Run "compile" again in a fresh interpreter on the same cache folder: what a restarted Blender pays."""
+    reference_file = out.with_suffix(".reference.npy")
+    np.save(reference_file, reference)
+    worker_out = out.with_suffix(".warm.json")
+    command = [sys.executable, __file__, "--cases", case.name, "--repeats", str(repeats), "--out", str(worker_out)]
+    command += ["--worker-models", str(paths["model_dir"]), str(paths["controlnet_dir"])]
+    command += ["--compile-cache", str(cache), "--reference", str(reference_file), "--launched-at", str(time.time())]
+    completed = subprocess.run(command, timeout=480, check=False)
+    if completed.returncode != 0 or not worker_out.exists():
+        return {"error": f"warm process exited with {completed.returncode}"}
+    return json.loads(worker_out.read_text())
+
+
+def worker(args: argparse.Namespace) -> None:
+    """The second process of ``compile_warm``: one "compile" measurement on an existing cache, as JSON."""
+    started_at = args.launched_at
+    case = CASES[args.cases[0]]
+    data = inputs(case)
+    model_dir, controlnet_dir = (Path(folder) for folder in args.worker_models)
+    paths = {"model_dir": model_dir, "controlnet_dir": controlnet_dir, "data": data}
+    cache_before = folder_size(args.compile_cache)
+    measured = measure(
+        "compile warm", sd_core_runner, case, args.repeats, acceleration="compile",
+        compile_cache_dir=str(args.compile_cache), **paths,
+    )  # fmt: skip
+    metrics = measured["metrics"]
+    metrics["process_start_to_first_image_s"] = metrics["first_image_at_epoch_s"] - started_at
+    metrics["max_abs_pixel_difference_to_stock"] = difference(
+        np.load(args.reference), measured["output"], compared_pixels(case, data)
+    )
+    metrics["compile_cache_before"] = cache_before
+    metrics["compile_cache_after"] = folder_size(args.compile_cache)
+    args.out.write_text(json.dumps(metrics, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ablate", nargs="*", default=["sd15_cn_img2img"], help="cases that also run graphs only")
     parser.add_argument("--low-vram", nargs="*", default=["sd1", "sdxl"], help="families to run under a memory cap")
+    parser.add_argument(
+        "--variants", nargs="+", default=["stock", "off", "auto"], choices=list(VARIANTS), help="stock is required"
+    )
+    parser.add_argument("--compile-cache", type=Path, help='inductor cache for "compile" (default: a new, empty one)')
+    parser.add_argument("--no-profile", action="store_true", help="skip the profile of one accelerated request")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--worker-models", nargs=2, help=argparse.SUPPRESS)  # the compile_warm process
+    parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker_models:
+        worker(args)
+        return
     import diffusers
     import transformers
 
@@ -392,19 +471,26 @@ def main() -> None:
             data = inputs(case)
             paths = {"model_dir": model_dir, "controlnet_dir": controlnet_dir, "data": data}
             print(f"{name}:", flush=True)
-            runs = {
-                "stock": measure("stock", stock_runner, case, args.repeats, **paths),
-                "sd_core_off": measure("sd_core off", sd_core_runner, case, args.repeats, acceleration="off", **paths),
-                "sd_core": measure("sd_core graphs", sd_core_runner, case, args.repeats, **paths),
-            }
+            runs = {"stock": measure("stock", stock_runner, case, args.repeats, **paths)}
+            for variant in args.variants:
+                key, settings = VARIANTS[variant]
+                if variant in ("stock", "compile_warm"):
+                    continue
+                if variant == "compile":
+                    cache = args.compile_cache or Path(tmp) / "inductor-cache"
+                    settings = {**settings, "compile_cache_dir": str(cache)}
+                    cache_before = folder_size(cache) if cache.exists() else {"files": 0, "bytes": 0}
+                runs[key] = measure(f"sd_core {variant}", sd_core_runner, case, args.repeats, **settings, **paths)
+                if variant == "compile":
+                    runs[key]["metrics"]["compile_cache_before"] = cache_before
+                    runs[key]["metrics"]["compile_cache_after"] = folder_size(cache)
             if name in args.ablate:
                 runs["sd_core_graphs_only"] = measure(
                     "graphs only", sd_core_runner, case, args.repeats, accelerator=GRAPHS_ONLY, **paths
                 )
             stock = runs["stock"]
-            # Inpainting: sd_core pastes the exact input pixels back outside the mask, stock does not.
             inpainting = case.mode == "inpaint"
-            compared = data["mask"] > 0.5 if inpainting else np.ones(data["mask"].shape, bool)
+            compared = compared_pixels(case, data)
             entry: dict[str, Any] = {"case": case.__dict__, "compared_pixels": "inside mask" if inpainting else "all"}
             for variant, measured in runs.items():
                 entry[variant] = measured["metrics"]
@@ -414,13 +500,21 @@ def main() -> None:
                     entry[variant]["max_abs_pixel_difference_to_stock"] = difference(
                         stock["output"], measured["output"], compared
                     )
-            entry["max_abs_pixel_difference_graphs_vs_off"] = difference(
-                runs["sd_core"]["output"], runs["sd_core_off"]["output"], compared
-            )
+            if "sd_core" in runs and "sd_core_off" in runs:
+                entry["max_abs_pixel_difference_graphs_vs_off"] = difference(
+                    runs["sd_core"]["output"], runs["sd_core_off"]["output"], compared
+                )
             entry["outputs_finite"] = all(bool(np.isfinite(m["output"]).all()) for m in runs.values())
             report["cases"][name] = entry
             save()
-            if name == "sd15_cn_img2img":
+            if "compile_warm" in args.variants and "sd_core_compile" in runs:
+                cache = args.compile_cache or Path(tmp) / "inductor-cache"
+                warm = compile_warm_in_new_process(case, paths, cache, stock["output"], args.repeats, args.out)
+                if "latency_s" in warm:
+                    warm["speedup_vs_stock"] = stock["metrics"]["latency_s"] / warm["latency_s"]
+                entry["sd_core_compile_warm"] = warm
+                save()
+            if name == "sd15_cn_img2img" and not args.no_profile:
                 profile_request(case, args.out.with_suffix(".profile.txt"), **paths)
         for family in args.low_vram:
             case = next(c for c in CASES.values() if c.family == family and c.controlnet)
@@ -441,8 +535,8 @@ def print_table(report: dict[str, Any]) -> None:
         f"{'res GiB':>7s} {'speedup':>7s} {'diff':>6s}"
     )
     for name, entry in report["cases"].items():
-        for variant in ("stock", "sd_core_off", "sd_core_graphs_only", "sd_core"):
-            if variant not in entry:
+        for variant in (*(key for key, _ in VARIANTS.values()), "sd_core_graphs_only"):
+            if "latency_s" not in entry.get(variant, {}):
                 continue
             m = entry[variant]
             print(

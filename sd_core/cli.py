@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
     gen.add_argument("--dtype", default="auto", help="auto, float16, bfloat16 or float32")
     gen.add_argument(
-        "--acceleration", default="auto", choices=ACCELERATION_MODES, help="GPU speed path (auto: CUDA graphs)"
+        "--acceleration",
+        default="auto",
+        choices=ACCELERATION_MODES,
+        help="GPU speed path (auto: CUDA graphs; compile: also torch.compile, slow first run)",
     )
     gen.add_argument("--cpu-offload", action="store_true", help="low VRAM: keep idle models in RAM")
     gen.add_argument("--vae-tiling", action="store_true", help="low VRAM: decode in tiles")

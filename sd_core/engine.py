@@ -55,7 +55,9 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.cache = cache or ModelCache(self.settings)
         placement = self.cache.placement
-        self.accelerator = make_accelerator(self.settings.acceleration, placement.device, self.settings.cpu_offload)
+        self.accelerator = make_accelerator(
+            self.settings.acceleration, placement.device, self.settings.cpu_offload, self.settings.compile_cache_dir
+        )
 
     def unload(self) -> None:
         """Free every loaded model from host and GPU memory."""

@@ -182,7 +182,10 @@ class EngineSettings:
     vae_tiling: bool = False
     allow_network: bool = False
     allow_unsafe_pickle: bool = False
-    acceleration: str = "auto"  # auto | off | cuda_graphs: "auto" replays CUDA graphs on CUDA, plain elsewhere
+    # auto | off | cuda_graphs | compile: "auto" replays CUDA graphs on CUDA, plain elsewhere; "compile" also
+    # compiles the UNet and ControlNets (minutes the first time, cached on disk for later processes)
+    acceleration: str = "auto"
+    compile_cache_dir: str = ""  # "compile"'s kernel cache; "" = TORCHINDUCTOR_CACHE_DIR, else HF_HOME/sd_core/...
 
 
 @dataclass(frozen=True)

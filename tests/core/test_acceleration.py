@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch.utils._pytree import tree_flatten
 
 from sd_core import CancelledError, ControlSpec, EngineSettings, GenerationRequest, ValidationError
-from sd_core.acceleration import CudaGraphAccelerator, PlainPath, call_key, make_accelerator, uses_cuda_graphs
+from sd_core.acceleration import (
+    CompiledGraphAccelerator,
+    CudaGraphAccelerator,
+    PlainPath,
+    call_key,
+    compile_cache_dir,
+    make_accelerator,
+    use_compile_cache,
+    uses_cuda_graphs,
+)
 from sd_core.engine import Engine
 from sd_core.preview import PreviewRelay
 
@@ -32,7 +44,7 @@ def request(tiny_models, **overrides) -> GenerationRequest:
     return GenerationRequest(**fields)
 
 
-@pytest.mark.parametrize("mode", ["auto", "cuda_graphs"])
+@pytest.mark.parametrize("mode", ["auto", "cuda_graphs", "compile"])
 def test_graphs_only_where_weights_stay_on_a_cuda_gpu(mode):
     available = torch.cuda.is_available()
     assert uses_cuda_graphs(mode, CUDA, cpu_offload=False) is available
@@ -72,6 +84,66 @@ def test_graph_wrapper_degrades_to_the_module_for_cpu_tensors_and_restores_it(ti
     np.testing.assert_array_equal(expected, got)
     assert accelerator.graph_count == 0
     assert "forward" not in unet.__dict__  # the class's forward is back
+
+
+def test_compile_requested_on_cpu_is_the_plain_path_and_leaves_the_cache_setting_alone(tiny_models, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    engine = Engine(EngineSettings(device="cpu", acceleration="compile", compile_cache_dir="/nowhere"))
+    assert isinstance(engine.accelerator, PlainPath)
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    plain = Engine(EngineSettings(device="cpu", acceleration="off")).generate(request(tiny_models))
+    np.testing.assert_array_equal(plain.images[0].pixels, engine.generate(request(tiny_models)).images[0].pixels)
+
+
+def test_compile_cache_folder_setting_then_environment_then_beside_the_hf_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert compile_cache_dir() == Path(constants.HF_HOME) / "sd_core" / "torch_compile"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "from-env"))
+    assert compile_cache_dir() == tmp_path / "from-env"
+    assert compile_cache_dir(str(tmp_path / "set")) == tmp_path / "set"
+    assert use_compile_cache(str(tmp_path / "set")) == tmp_path / "set"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "set")  # what inductor reads
+    assert (tmp_path / "set").is_dir()
+
+
+def test_compiled_path_compiles_the_denoisers_only_and_computes_the_same(tiny_models):
+    """On CPU tensors the wrapper falls back to the (compiled) module: this runs the compile path end to end.
+
+    The "eager" backend traces with dynamo without building kernels (no C compiler needed), and keeps the
+    arithmetic, so the pixels must match the plain path.
+    """
+    engine = Engine(EngineSettings(device="cpu", acceleration="off"))
+    expected = engine.generate(request(tiny_models)).images[0].pixels
+    accelerator = CompiledGraphAccelerator(fuse_qkv=False, channels_last=False, backend="eager")
+    engine.accelerator = accelerator
+    pipe = engine.cache.base_pipeline(str(tiny_models["sd1"]))[0]
+    got = engine.generate(request(tiny_models)).images[0].pixels
+    np.testing.assert_allclose(expected, got, atol=1e-5)
+    compiled_types = {type(compiled.forward.__self__).__name__ for compiled in accelerator._compiled.values()}
+    assert compiled_types == {"UNet2DConditionModel", "ControlNetModel"}  # text encoder not compiled
+    assert accelerator.graph_count == 0
+    assert "forward" not in pipe.unet.__dict__
+    accelerator.reset()
+    assert not accelerator._compiled
+
+
+def test_a_failing_compile_costs_speed_not_the_result(caplog):
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU())
+    inputs = torch.randn(1, 3, 8, 8)
+    expected = layer(inputs)
+    accelerator = CompiledGraphAccelerator(fuse_qkv=False, channels_last=False, backend=broken_backend)
+    with caplog.at_level("WARNING", logger="sd_core.acceleration"):
+        forward = accelerator._forward_of(layer)
+        torch.testing.assert_close(forward(inputs), expected)
+        torch.testing.assert_close(forward(inputs), expected)  # eager from now on, no second attempt
+    assert sum("torch.compile failed" in record.message for record in caplog.records) == 1
+    accelerator.reset()
 
 
 def key_of(args: tuple, kwargs: dict) -> tuple | None:
