@@ -70,6 +70,8 @@ def test_register_and_unregister_leave_nothing_behind(scene):
     addon_utils.disable(ADDON, default_set=True)
     assert not hasattr(bpy.types.Scene, "sd_settings")
     assert not hasattr(bpy.types.Scene, "sd_history")
+    assert not hasattr(bpy.types.Scene, "sd_multiview")
+    assert not hasattr(bpy.types, "SD_PT_multiview")
     assert not hasattr(bpy.types.WindowManager, "sd_status")
     assert not hasattr(bpy.types, "SD_PT_main")
     assert sys.path == path_before
