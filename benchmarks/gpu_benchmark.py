@@ -160,10 +160,9 @@ def stock_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[s
     """Stock diffusers, the way its docs show: from_pretrained, fp16, .to('cuda'), call."""
     import diffusers
 
-    prefix = "StableDiffusionXL" if case.family == "sdxl" else "StableDiffusion"
-    middle = "ControlNet" if case.controlnet else ""
-    suffix = {"txt2img": "", "img2img": "Img2Img", "inpaint": "Inpaint"}[case.mode]
-    cls = getattr(diffusers, f"{prefix}{middle}{suffix}Pipeline")
+    from sd_core.engine import pipeline_class_name
+
+    cls = getattr(diffusers, pipeline_class_name(case.family, case.mode, case.controlnet))
     extra: dict[str, Any] = {}
     if case.controlnet:
         extra["controlnet"] = diffusers.ControlNetModel.from_pretrained(controlnet_dir, torch_dtype=torch.float16)

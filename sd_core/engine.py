@@ -48,6 +48,11 @@ _PIPELINE_CLASSES: dict[tuple[bool, Mode, bool], str] = {
 }
 
 
+def pipeline_class_name(family: str, mode: Mode, with_controlnet: bool) -> str:
+    """The stock diffusers pipeline sd_core uses for this family and mode (benchmarks compare against it)."""
+    return _PIPELINE_CLASSES[(family == "sdxl", mode, with_controlnet)]
+
+
 class Engine:
     """Runs requests; keeps models loaded between them until ``unload()``. Not thread-safe: one job at a time."""
 
@@ -120,8 +125,7 @@ class Engine:
     def _pipeline_for(self, request: GenerationRequest, base: Any, info: ModelInfo, controlnets: list[Any]) -> Any:
         import diffusers
 
-        class_name = _PIPELINE_CLASSES[(info.family == "sdxl", request.mode, bool(controlnets))]
-        cls = getattr(diffusers, class_name)
+        cls = getattr(diffusers, pipeline_class_name(info.family, request.mode, bool(controlnets)))
         extra: dict[str, Any] = {}
         if controlnets:
             extra["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
