@@ -131,8 +131,12 @@ GIB = 2**30
 SEED = 1234
 # Low-VRAM budgets from the issue: what a 4 GiB card holds for SD1.5 + ControlNet, an 8 GiB card for SDXL.
 LOW_VRAM_CAP_GIB = {"sd1": 4.0, "sdxl": 8.0}
-# The ablation of the graph path: graphs without its layout changes (fused QKV, channels-last).
-GRAPHS_ONLY = {"fuse_qkv": False, "channels_last": False}
+# The ablations of the graph path: graphs without its layout changes (fused QKV, channels-last, and with them the
+# Triton GroupNorm), and everything but the Triton GroupNorm (PyTorch's group_norm on channels-last tensors).
+ABLATIONS = {
+    "sd_core_graphs_only": {"fuse_qkv": False, "channels_last": False},
+    "sd_core_no_triton_group_norm": {"triton_group_norm": False},
+}
 
 
 def unet_steps(case: Case, steps: int) -> int:
@@ -419,7 +423,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--ablate", nargs="*", default=["sd15_cn_img2img"], help="cases that also run graphs only")
+    parser.add_argument("--ablate", nargs="*", default=["sd15_cn_img2img"], help="cases that also run the ablations")
     parser.add_argument("--low-vram", nargs="*", default=["sd1", "sdxl"], help="families to run under a memory cap")
     parser.add_argument(
         "--variants", nargs="+", default=["stock", "off", "auto"], choices=list(VARIANTS), help="stock is required"
@@ -484,9 +488,9 @@ def main() -> None:
                     runs[key]["metrics"]["compile_cache_before"] = cache_before
                     runs[key]["metrics"]["compile_cache_after"] = folder_size(cache)
             if name in args.ablate:
-                runs["sd_core_graphs_only"] = measure(
-                    "graphs only", sd_core_runner, case, args.repeats, accelerator=GRAPHS_ONLY, **paths
-                )
+                for key, options in ABLATIONS.items():
+                    label = key.removeprefix("sd_core_").replace("_", " ")
+                    runs[key] = measure(label, sd_core_runner, case, args.repeats, accelerator=options, **paths)
             stock = runs["stock"]
             inpainting = case.mode == "inpaint"
             compared = compared_pixels(case, data)
@@ -534,7 +538,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"{'res GiB':>7s} {'speedup':>7s} {'diff':>6s}"
     )
     for name, entry in report["cases"].items():
-        for variant in (*(key for key, _ in VARIANTS.values()), "sd_core_graphs_only"):
+        for variant in (*(key for key, _ in VARIANTS.values()), *ABLATIONS):
             if "latency_s" not in entry.get(variant, {}):
                 continue
             m = entry[variant]

@@ -50,6 +50,7 @@ import torch
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from sd_core.errors import ValidationError
+from sd_core.group_norm import use_triton_group_norm
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ _COMPILE_CACHE_SUBDIR = Path("sd_core", "torch_compile")
 _WARMUP_CALLS = 2
 # A new image size or batch adds graphs; past this many, all graphs and their pool are dropped and capture
 # starts over, so switching sizes all afternoon cannot grow GPU memory without bound.
-_MAX_GRAPHS = 12
+_MAX_GRAPHS = 20
 _PLAIN_VALUES = (bool, int, float, str, torch.dtype, torch.device)
 
 
@@ -159,9 +160,10 @@ class _CapturedGraph:
 class CudaGraphAccelerator:
     """Captures and replays CUDA graphs of the denoising networks, keyed by everything that shapes a call."""
 
-    def __init__(self, fuse_qkv: bool = True, channels_last: bool = True) -> None:
+    def __init__(self, fuse_qkv: bool = True, channels_last: bool = True, triton_group_norm: bool = True) -> None:
         self.fuse_qkv = fuse_qkv
         self.channels_last = channels_last
+        self.triton_group_norm = triton_group_norm
         self._graphs: dict[tuple[Hashable, ...], _CapturedGraph | None] = {}
         self._pool: Any = None
         self._prepared: set[int] = set()
@@ -202,7 +204,13 @@ class CudaGraphAccelerator:
             module.fuse_qkv_projections()
         if self.channels_last and _has_convolutions(module):
             module.to(memory_format=torch.channels_last)
+            if self._routes_group_norm(module):
+                use_triton_group_norm(module)
         self._prepared.add(id(module))
+
+    def _routes_group_norm(self, module: torch.nn.Module) -> bool:
+        """Whether the module's GroupNorms run the channels-last Triton kernels (sd_core/group_norm.py)."""
+        return self.triton_group_norm
 
     def _forward_of(self, module: torch.nn.Module) -> Callable[..., Any]:
         """What the wrapper records and falls back to: the module's own forward here."""
@@ -283,8 +291,8 @@ class CudaGraphAccelerator:
 class CompiledGraphAccelerator(CudaGraphAccelerator):
     """The graph path over torch.compile'd UNet and ControlNets: fused kernels, replayed with one launch.
 
-    The text encoders stay uncompiled: called twice a request, their graphs already make them cheap, and
-    compiling them would only add to the first image's wait.
+    The text encoders and the VAE stay uncompiled: called once or twice a request, their graphs already make
+    them cheap, and compiling them would only add to the first image's wait.
     """
 
     def __init__(self, fuse_qkv: bool = True, channels_last: bool = True, backend: str | Callable = "inductor") -> None:
@@ -302,8 +310,12 @@ class CompiledGraphAccelerator(CudaGraphAccelerator):
         # keeps model switches from piling up recompilations to torch's limit (after which it runs eagerly).
         torch._dynamo.reset()
 
+    def _routes_group_norm(self, module: torch.nn.Module) -> bool:
+        # Inductor writes its own fused channels-last GroupNorm; a hand-written kernel would only split its graph.
+        return self.triton_group_norm and not _is_denoiser(module)
+
     def _forward_of(self, module: torch.nn.Module) -> Callable[..., Any]:
-        if not _has_convolutions(module):  # text encoders
+        if not _is_denoiser(module):  # text encoders and the VAE
             return module.forward
         compiled = self._compiled.get(id(module))
         if compiled is None:
@@ -356,8 +368,9 @@ def call_key(leaves: list[Any], spec: TreeSpec) -> tuple[Hashable, ...] | None:
 
 
 def graphable_modules(pipe: Any) -> list[torch.nn.Module]:
-    """The UNet and every ControlNet (one, or a multi's members), called every step; and the text encoders,
-    called twice a request (prompt and negative prompt) with hundreds of small kernels each."""
+    """The UNet and every ControlNet (one, or a multi's members), called every step; the text encoders,
+    called twice a request (prompt and negative prompt) with hundreds of small kernels each; and the VAE's
+    encoder and decoder, the largest part of a request outside the steps, where their weights stay put."""
     modules = [pipe.unet]
     modules.extend(
         encoder for name in ("text_encoder", "text_encoder_2") if (encoder := getattr(pipe, name, None)) is not None
@@ -366,7 +379,27 @@ def graphable_modules(pipe: Any) -> list[torch.nn.Module]:
     if controlnet is not None:
         members = getattr(controlnet, "nets", None)
         modules.extend(members if members is not None else [controlnet])
+    if _vae_stays_put(pipe):
+        modules.extend([pipe.vae.encoder, pipe.vae.decoder])
     return modules
+
+
+def _vae_stays_put(pipe: Any) -> bool:
+    """False where diffusers changes the VAE around each call, which would mean capturing again every request.
+
+    SDXL pipelines (those with ``upcast_vae``) recast the VAE to fp32 around every encode and decode when its
+    config asks for it (``force_upcast``: the SDXL VAE overflows in fp16); VAE tiling calls the networks on
+    tiles of several sizes, each a graph of its own.
+    """
+    vae = getattr(pipe, "vae", None)
+    if vae is None or getattr(vae, "use_tiling", False):
+        return False
+    return not (hasattr(pipe, "upcast_vae") and getattr(vae.config, "force_upcast", False))
+
+
+def _is_denoiser(module: torch.nn.Module) -> bool:
+    """The UNet and ControlNets: the networks conditioned on the timestep, run every step."""
+    return hasattr(module, "time_embedding")
 
 
 def _has_convolutions(module: torch.nn.Module) -> bool:

@@ -10,6 +10,9 @@ import pytest
 
 # Before any import of huggingface_hub/diffusers: a stray hub call must fail at once, not hang.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Before any import of triton: its kernels are tested on CPU tensors through Triton's interpreter, a mode that
+# must be chosen before triton's own library functions are defined.
+os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="blender-user-"))
 
 TINY_MODEL_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tiny-models"

@@ -129,12 +129,24 @@ def test_compiled_path_compiles_the_denoisers_only_and_computes_the_same(tiny_mo
     assert not accelerator._compiled
 
 
+class TinyDenoiser(torch.nn.Module):
+    """What the compile path compiles: a network with a timestep embedding, as UNets and ControlNets have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.time_embedding = torch.nn.Linear(1, 4)
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(self.conv(sample))
+
+
 def test_a_failing_compile_costs_speed_not_the_result(caplog):
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("no compiler here")
 
     torch.manual_seed(0)
-    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU())
+    layer = TinyDenoiser()
     inputs = torch.randn(1, 3, 8, 8)
     expected = layer(inputs)
     accelerator = CompiledGraphAccelerator(fuse_qkv=False, channels_last=False, backend=broken_backend)

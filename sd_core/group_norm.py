@@ -1,0 +1,123 @@
+"""GroupNorm for channels-last activations, in Triton: normalise in place of layout, not around it.
+
+Why: convolutions run fastest channels-last (NHWC) on NVIDIA GPUs, but PyTorch's CUDA group_norm has only
+an NCHW kernel. Given a channels-last tensor it copies it to NCHW, normalises, and the next convolution
+converts the result back. In the H100 profile of one SD1.5 + ControlNet request those copies and the
+NCHW statistics kernel took about a third of the GPU time (benchmarks/results/h100-2026-11-26.profile.txt);
+the UNet, ControlNet and VAE hold about a hundred GroupNorms a step.
+
+How: three kernels over the tensor viewed as (images, pixels, channels), reading whole pixel rows
+(contiguous channels: wide, coalesced loads):
+1. statistics: an image's pixels are split into up to ``_MAX_CHUNKS`` chunks, one program each (a UNet-sized
+   chunk is one or two tiles); a program keeps a mean and a sum of squared deviations per channel, merging
+   its tiles with Chan's formula (no E[x²] - E[x]² cancellation, whatever the mean);
+2. merge: one program per group and image merges its channels' chunks the same way into the group's mean
+   and 1/std, and folds them with the affine weights into a scale and shift per channel;
+3. normalise: one program per tile computes x * scale + shift in fp32, like PyTorch's kernel, and writes
+   channels-last.
+No atomics: the result is the same bit for bit on every run. Anything else (NCHW input, CPU, gradients,
+no Triton, as on Windows without triton-windows) goes to PyTorch's own group_norm.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# Elements (pixels x padded channels) of one tile a program holds in registers at a time, and the warps
+# that hold it: sizes measured on an H200 (benchmarks/group_norm_benchmark.py).
+TILE = 16384
+WARPS = 4
+# Statistics chunks per image: enough programs to fill the GPU, few enough for a group's merge to hold them.
+_MAX_CHUNKS = 64
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton can be imported (Linux CUDA builds of torch ship it; Windows and macOS usually not)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def group_norm(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """``F.group_norm`` with the same arguments, through the Triton kernels where they apply."""
+    if _runs_in_triton(x, weight, bias):
+        return group_norm_channels_last(x, num_groups, weight, bias, eps)  # type: ignore[arg-type]
+    return F.group_norm(x, num_groups, weight, bias, eps)
+
+
+def use_triton_group_norm(module: torch.nn.Module) -> int:
+    """Route every ``nn.GroupNorm`` inside ``module`` through ``group_norm``; returns how many were routed.
+
+    The forward is shadowed on each instance, so the module tree, its weights and state dict stay untouched.
+    """
+    if not triton_available():
+        return 0
+    routed = 0
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.GroupNorm) and "forward" not in norm.__dict__:
+            norm.forward = functools.partial(_group_norm_forward, norm)  # type: ignore[method-assign]
+            routed += 1
+    return routed
+
+
+def _group_norm_forward(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    return group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+
+
+def _runs_in_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
+    return (
+        x.is_cuda
+        and x.dim() == 4
+        and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and weight is not None
+        and bias is not None
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and triton_available()
+    )
+
+
+def group_norm_channels_last(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Group-normalise a channels-last (N, C, H, W) tensor; the result is channels-last too."""
+    images, channels, height, width = x.shape
+    if channels % num_groups:
+        raise ValueError(f"{channels} channels do not split into {num_groups} groups")
+    pixels = height * width
+    group_size = channels // num_groups
+    channels_block = _next_power_of_two(channels)
+    rows_block = 1 << (max(1, TILE // channels_block).bit_length() - 1)  # a power of two
+    tiles = -(-pixels // rows_block)
+    chunk_rows = rows_block * -(-tiles // _MAX_CHUNKS)
+    chunks = -(-pixels // chunk_rows)
+
+    from sd_core import group_norm_kernels as kernels
+
+    layout = {"CHANNELS_BLOCK": channels_block, "ROWS_BLOCK": rows_block, "num_warps": WARPS}
+    statistics = torch.empty((2, images, chunks, channels), device=x.device, dtype=torch.float32)
+    kernels.chunk_statistics[(chunks, images)](x, statistics[0], statistics[1], pixels, channels, chunk_rows, **layout)
+    scale_and_shift = torch.empty((2, images, channels), device=x.device, dtype=torch.float32)
+    kernels.merge[(num_groups, images)](
+        statistics[0], statistics[1], weight, bias, scale_and_shift[0], scale_and_shift[1], pixels, channels,
+        group_size, chunk_rows, chunks, eps, CHUNKS_BLOCK=_next_power_of_two(chunks),
+        MEMBER_BLOCK=_next_power_of_two(group_size),
+    )  # fmt: skip
+    out = torch.empty_like(x)  # keeps the channels-last layout
+    kernels.normalise[(tiles, images)](x, out, scale_and_shift[0], scale_and_shift[1], pixels, channels, **layout)
+    return out
+
+
+def _next_power_of_two(value: int) -> int:
+    return 1 << (value - 1).bit_length()

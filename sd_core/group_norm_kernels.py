@@ -1,0 +1,89 @@
+"""The Triton kernels behind sd_core.group_norm (imported only where they run: Triton is not everywhere).
+
+Each views the activations as (images, pixels, channels) and reads whole pixel rows, which are contiguous
+channels-last, so loads are wide and coalesced; sd_core/group_norm.py says why and launches them.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def chunk_statistics(
+    x_ptr, mean_ptr, deviation_ptr, pixels, channels, chunk_rows, CHANNELS_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr
+):
+    """Per channel, over one chunk of an image's pixels: the mean and the sum of squared deviations.
+
+    Tiles are merged with Chan's formula, so nothing cancels however far the mean lies from zero.
+    """
+    chunk = tl.program_id(0)
+    image = tl.program_id(1)
+    channel = tl.arange(0, CHANNELS_BLOCK)
+    first = chunk * chunk_rows
+    end = tl.minimum(first + chunk_rows, pixels)
+    image_at = image.to(tl.int64) * pixels * channels
+    mean = tl.zeros([CHANNELS_BLOCK], dtype=tl.float32)
+    deviation = tl.zeros([CHANNELS_BLOCK], dtype=tl.float32)
+    count = tl.zeros([CHANNELS_BLOCK], dtype=tl.float32)
+    for start in range(first, end, ROWS_BLOCK):
+        row = start + tl.arange(0, ROWS_BLOCK)[:, None]
+        mask = (row < end) & (channel[None, :] < channels)
+        where = image_at + row.to(tl.int64) * channels + channel[None, :]
+        tile = tl.load(x_ptr + where, mask=mask, other=0.0).to(tl.float32)
+        tile_count = tl.minimum(end - start, ROWS_BLOCK).to(tl.float32)
+        tile_mean = tl.sum(tile, axis=0) / tile_count
+        centred = tl.where(mask, tile - tile_mean[None, :], 0.0)
+        merged = count + tile_count
+        delta = tile_mean - mean
+        mean += delta * (tile_count / merged)
+        deviation += tl.sum(centred * centred, axis=0) + delta * delta * (count * tile_count / merged)
+        count = merged
+    at = (image * tl.num_programs(0) + chunk) * channels + channel
+    tl.store(mean_ptr + at, mean, mask=channel < channels)
+    tl.store(deviation_ptr + at, deviation, mask=channel < channels)
+
+
+@triton.jit
+def merge(
+    mean_ptr, deviation_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr, pixels, channels, group_size, chunk_rows,
+    chunks, eps, CHUNKS_BLOCK: tl.constexpr, MEMBER_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One group of one image: merge its channels' chunk statistics, fold in the affine weights as a
+    per-channel scale and shift (so normalising is one multiply-add per element)."""
+    group = tl.program_id(0)
+    image = tl.program_id(1)
+    chunk = tl.arange(0, CHUNKS_BLOCK)[:, None]
+    member = tl.arange(0, MEMBER_BLOCK)
+    channel = group * group_size + member
+    present = (chunk < chunks) & (member[None, :] < group_size)
+    at = (image * chunks + chunk) * channels + channel[None, :]
+    chunk_mean = tl.load(mean_ptr + at, mask=present, other=0.0)
+    chunk_deviation = tl.load(deviation_ptr + at, mask=present, other=0.0)
+    chunk_count = tl.where(present, tl.minimum(pixels - chunk * chunk_rows, chunk_rows).to(tl.float32), 0.0)
+    total = (pixels * group_size).to(tl.float32)
+    mean = tl.sum(tl.sum(chunk_mean * chunk_count, axis=1), axis=0) / total
+    spread = chunk_mean - mean
+    variance = (tl.sum(tl.sum(chunk_deviation + chunk_count * spread * spread, axis=1), axis=0)) / total
+    inverse_std = 1.0 / tl.sqrt(variance + eps)
+    in_group = member < group_size
+    scale = tl.load(weight_ptr + channel, mask=in_group, other=0.0).to(tl.float32) * inverse_std
+    shift = tl.load(bias_ptr + channel, mask=in_group, other=0.0).to(tl.float32) - mean * scale
+    tl.store(scale_ptr + image * channels + channel, scale, mask=in_group)
+    tl.store(shift_ptr + image * channels + channel, shift, mask=in_group)
+
+
+@triton.jit
+def normalise(
+    x_ptr, out_ptr, scale_ptr, shift_ptr, pixels, channels, CHANNELS_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr
+):
+    """One tile of pixel rows: x * scale + shift per channel, in fp32, stored in the input's precision."""
+    row = tl.program_id(0) * ROWS_BLOCK + tl.arange(0, ROWS_BLOCK)[:, None]
+    image = tl.program_id(1)
+    channel = tl.arange(0, CHANNELS_BLOCK)
+    in_image = channel < channels
+    scale = tl.load(scale_ptr + image * channels + channel, mask=in_image, other=0.0)[None, :]
+    shift = tl.load(shift_ptr + image * channels + channel, mask=in_image, other=0.0)[None, :]
+    mask = (row < pixels) & in_image[None, :]
+    where = image.to(tl.int64) * pixels * channels + row.to(tl.int64) * channels + channel[None, :]
+    tile = tl.load(x_ptr + where, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + where, (tile * scale + shift).to(out_ptr.dtype.element_ty), mask=mask)

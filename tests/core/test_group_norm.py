@@ -1,0 +1,117 @@
+"""The channels-last GroupNorm kernels, run by Triton's interpreter on the CPU (tests/conftest.py sets it up),
+against PyTorch's group_norm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sd_core import EngineSettings
+from sd_core import group_norm as group_norm_module
+from sd_core.acceleration import graphable_modules
+from sd_core.engine import Engine
+from sd_core.group_norm import group_norm, group_norm_channels_last, triton_available, use_triton_group_norm
+
+
+def test_triton_ships_with_the_pinned_torch():
+    assert triton_available()
+
+
+def channels_last(shape: tuple[int, ...], offset: float = 0.0, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=generator) * 3 + offset).to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups"),
+    [
+        ((2, 320, 8, 8), 32),  # SD's 10 channels a group: not a power of two
+        ((1, 1280, 2, 2), 32),  # a UNet's deepest level: one tile row at a time
+        ((1, 12, 7, 9), 3),  # odd pixel count, 3 groups
+        ((1, 128, 40, 40), 32),  # more pixels than chunks x tile rows: several tiles a chunk
+        ((3, 64, 5, 3), 32),  # batch of three, 2 channels a group
+    ],
+)
+def test_matches_pytorch_group_norm(shape, groups):
+    x = channels_last(shape)
+    generator = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(shape[1], generator=generator), torch.randn(shape[1], generator=generator)
+    got = group_norm_channels_last(x, groups, weight, bias, 1e-5)
+    torch.testing.assert_close(got, F.group_norm(x.contiguous(), groups, weight, bias, 1e-5), atol=5e-5, rtol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_chunks_of_several_tiles_merge_to_the_same_statistics(monkeypatch):
+    """Large images (a VAE's) give each statistics program several tiles: merged tile by tile, then chunk by chunk."""
+    monkeypatch.setattr(group_norm_module, "TILE", 256)
+    monkeypatch.setattr(group_norm_module, "_MAX_CHUNKS", 3)
+    x = channels_last((2, 64, 9, 11), offset=5.0)
+    weight, bias = torch.randn(64), torch.randn(64)
+    got = group_norm_channels_last(x, 32, weight, bias, 1e-5)
+    torch.testing.assert_close(got, F.group_norm(x.contiguous(), 32, weight, bias, 1e-5), atol=5e-5, rtol=1e-5)
+
+
+def test_a_large_mean_does_not_cancel_the_variance():
+    """Activations far from zero: a sum-of-squares variance would lose most of its digits in fp32."""
+    x = channels_last((1, 64, 16, 16), offset=2000.0) / 100  # mean 20, std 0.03
+    weight, bias = torch.ones(64), torch.zeros(64)
+    got = group_norm_channels_last(x, 32, weight, bias, 1e-6)
+    expected = F.group_norm(x.double().contiguous(), 32, weight.double(), bias.double(), 1e-6).float()
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)
+    assert got.std().item() == pytest.approx(1.0, abs=1e-2)
+
+
+def test_half_precision_in_half_out():
+    x = channels_last((2, 64, 6, 6)).half()
+    weight, bias = torch.rand(64).half(), torch.rand(64).half()
+    got = group_norm_channels_last(x, 32, weight, bias, 1e-5)
+    assert got.dtype == torch.float16
+    expected = F.group_norm(x.float().contiguous(), 32, weight.float(), bias.float(), 1e-5)
+    torch.testing.assert_close(got.float(), expected, atol=2e-3, rtol=2e-3)
+
+
+def test_same_bits_every_run():
+    x = channels_last((2, 320, 8, 8))
+    weight, bias = torch.randn(320), torch.randn(320)
+    first = group_norm_channels_last(x, 32, weight, bias, 1e-5)
+    assert torch.equal(first, group_norm_channels_last(x, 32, weight, bias, 1e-5))
+
+
+def test_routed_modules_keep_their_weights_and_fall_back_off_the_fast_path():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.GroupNorm(32, 64), torch.nn.GroupNorm(8, 64))
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    x = torch.randn(1, 3, 10, 10)
+    expected = model(x)
+    expected_channels_last = model(x.to(memory_format=torch.channels_last))
+    assert use_triton_group_norm(model) == 2
+    assert use_triton_group_norm(model) == 0  # routing twice changes nothing
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in state.items())
+    # On the CPU (and for NCHW tensors, or with gradients) PyTorch's own group_norm runs: same bits.
+    assert torch.equal(model(x), expected)
+    assert torch.equal(model(x.to(memory_format=torch.channels_last)), expected_channels_last)
+    norm = model[1]
+    features = model[0](x)
+    assert torch.equal(
+        group_norm(features, 32, norm.weight, norm.bias, 1e-5), F.group_norm(features, 32, norm.weight, norm.bias)
+    )
+
+
+def test_vae_graphed_where_its_weights_stay_put(tiny_models):
+    """SD1's VAE encoder and decoder are graphed; SDXL's recasts to fp32 around each call, VAE tiling varies shapes."""
+    engine = Engine(EngineSettings(device="cpu", acceleration="off"))
+    sd1 = engine.cache.base_pipeline(str(tiny_models["sd1"]))[0]
+    names = [type(module).__name__ for module in graphable_modules(sd1)]
+    assert names == ["UNet2DConditionModel", "CLIPTextModel", "Encoder", "Decoder"]
+    sd1.vae.enable_tiling()
+    try:
+        assert "Decoder" not in [type(module).__name__ for module in graphable_modules(sd1)]
+    finally:
+        sd1.vae.disable_tiling()
+    sdxl = engine.cache.base_pipeline(str(tiny_models["sdxl"]))[0]
+    assert sdxl.vae.config.force_upcast
+    assert "Decoder" not in [type(module).__name__ for module in graphable_modules(sdxl)]
+    np.testing.assert_equal(len(graphable_modules(sdxl)), 3)  # UNet and both text encoders
