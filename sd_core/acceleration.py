@@ -4,10 +4,10 @@ Why: on a fast GPU the stock diffusers loop is launch-bound. A UNet step issues 
 small kernels and the host issues them slower than the GPU runs them, so most of a step is the GPU
 waiting. A CUDA graph records a module's kernels once and replays them with one launch.
 
-How: while a generation runs, ``forward`` of the UNet, each ControlNet and the text encoders is replaced
-on the instance by a wrapper. The wrapper flattens the call's arguments; tensors become the graph's
-inputs, everything else (floats, flags, None, the tree structure) becomes part of the graph's key
-together with every tensor's shape, stride and dtype. A new key is warmed up on a
+How: while a generation runs, ``forward`` of the UNet, each ControlNet, the text encoders and the VAE's
+encoder and decoder is replaced on the instance by a wrapper. The wrapper flattens the call's arguments;
+tensors become the graph's inputs, everything else (floats, flags, None, the tree structure) becomes part
+of the graph's key together with every tensor's shape, stride and dtype. A new key is warmed up on a
 side stream, captured, and replayed from then on: the arguments are copied into static buffers, the
 graph is replayed, and the outputs are cloned, because the next replay overwrites the graph's own output
 buffers while diffusers (or the scheduler's history) may still hold the previous result. All graphs of an
@@ -15,14 +15,17 @@ engine share one memory pool, since they never run concurrently.
 
 Anything a graph cannot capture (a tensor off the GPU, a random generator or other object argument, a
 capture error) runs the plain module instead, so the fast path never changes what is computed, only how it
-is launched. The VAE stays eager: diffusers passes it the request's random generator, and SDXL pipelines
-recast its weights around every decode.
+is launched. The VAE is graphed below the level where diffusers passes the request's random generator
+(its encoder and decoder networks), and stays eager where SDXL pipelines recast it to fp32 around every
+call or VAE tiling varies the shapes.
 
-Two one-time layout changes make the replayed kernels themselves faster (H100, SD1.5 + ControlNet img2img
-at 512², marginal cost of a step: 18.5 ms with graphs alone, 15.1 ms with both): fused QKV projections
-(one matrix product instead of three) and channels-last convolutions (cuDNN's fast fp16 kernels want
-NHWC). Autotuned cuDNN convolutions with cuDNN attention first were measured too and gained nothing
-(15.1 ms). benchmarks/README.md has the numbers.
+Three one-time layout changes make the replayed kernels themselves faster: fused QKV projections (one
+matrix product instead of three), channels-last convolutions (cuDNN's fast fp16 kernels want NHWC), and
+GroupNorm in Triton that reads and writes channels-last (PyTorch's converts to NCHW and back around each
+of the ~100 GroupNorms of a step: sd_core/group_norm.py). Marginal cost of a step, SD1.5 + ControlNet
+img2img at 512² on an H200: 17.5 ms with graphs alone, 14.6 ms with the first two, 11.8 ms with all three.
+Autotuned cuDNN convolutions with cuDNN attention first were measured too and gained nothing.
+benchmarks/README.md has the numbers.
 
 Mode "compile" adds kernel fusion: with graphs the step is GPU-bound, so the remaining time is in the
 kernels themselves (many small element-wise kernels around the convolutions and matrix products).
@@ -32,8 +35,9 @@ minutes on first use, so inductor's on-disk caches (FX graph cache and AOTAutogr
 default) are pointed at a stable folder, not the temporary one inductor picks, so a later process (a
 Blender restart) loads the compiled kernels instead of compiling again. Where the folder is:
 ``compile_cache_dir``. Measured on an H200 (benchmarks/README.md): SD1.5 + ControlNet 512² marginal step
-14.3 -> 9.0 ms, SDXL + ControlNet 1024² 64.1 -> 47.2 ms, but 78 s / 128 s to the first image on an empty
-cache and still 24 s / 41 s with a warm one (dynamo traces every process). Hence opt-in, not "auto".
+11.9 ("auto") -> 9.0 ms, but 66 s to the first image on an empty cache and still 24 s with a warm one
+(dynamo traces every process); SDXL + ControlNet 1024² 64.1 -> 47.2 ms, 128 s cold, 41 s warm. Hence
+opt-in, not "auto".
 """
 
 from __future__ import annotations

@@ -47,12 +47,28 @@ def triton_available() -> bool:
     return True
 
 
+class _KernelState:
+    """Set once the kernels failed to build or launch here: the process then stays on PyTorch's group_norm."""
+
+    failed = False
+
+
 def group_norm(
     x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
-    """``F.group_norm`` with the same arguments, through the Triton kernels where they apply."""
+    """``F.group_norm`` with the same arguments, through the Triton kernels where they apply.
+
+    Triton builds its kernels on first use, which can fail where PyTorch itself runs (no C compiler for
+    Triton's launcher, a GPU its compiler does not know): that costs speed, never the image.
+    """
     if _runs_in_triton(x, weight, bias):
-        return group_norm_channels_last(x, num_groups, weight, bias, eps)  # type: ignore[arg-type]
+        try:
+            return group_norm_channels_last(x, num_groups, weight, bias, eps)  # type: ignore[arg-type]
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as error:
+            log.warning("Triton GroupNorm unavailable, using PyTorch's: %s", error)
+            _KernelState.failed = True
     return F.group_norm(x, num_groups, weight, bias, eps)
 
 
@@ -85,6 +101,7 @@ def _runs_in_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
         and bias is not None
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and triton_available()
+        and not _KernelState.failed
     )
 
 

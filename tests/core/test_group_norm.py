@@ -115,3 +115,24 @@ def test_vae_graphed_where_its_weights_stay_put(tiny_models):
     assert sdxl.vae.config.force_upcast
     assert "Decoder" not in [type(module).__name__ for module in graphable_modules(sdxl)]
     np.testing.assert_equal(len(graphable_modules(sdxl)), 3)  # UNet and both text encoders
+
+
+def test_kernels_that_fail_to_build_cost_speed_not_the_image(monkeypatch, caplog):
+    """Triton compiles on first use and needs a C compiler for its launcher: without one, PyTorch's kernel runs."""
+    attempts = []
+
+    def unbuildable(*args):
+        attempts.append(args)
+        raise RuntimeError("Failed to find C compiler")
+
+    monkeypatch.setattr(group_norm_module, "_runs_in_triton", lambda *args: not group_norm_module._KernelState.failed)
+    monkeypatch.setattr(group_norm_module, "group_norm_channels_last", unbuildable)
+    monkeypatch.setattr(group_norm_module._KernelState, "failed", False)
+    x = channels_last((1, 64, 4, 4))
+    weight, bias = torch.randn(64), torch.randn(64)
+    with caplog.at_level("WARNING", logger="sd_core.group_norm"):
+        first = group_norm(x, 32, weight, bias, 1e-5)
+        second = group_norm(x, 32, weight, bias, 1e-5)
+    assert torch.equal(first, F.group_norm(x, 32, weight, bias, 1e-5)) and torch.equal(first, second)
+    assert len(attempts) == 1  # not tried again on every call
+    assert "Failed to find C compiler" in caplog.text
