@@ -23,7 +23,7 @@ Three one-time layout changes make the replayed kernels themselves faster: fused
 matrix product instead of three), channels-last convolutions (cuDNN's fast fp16 kernels want NHWC), and
 GroupNorm in Triton that reads and writes channels-last (PyTorch's converts to NCHW and back around each
 of the ~100 GroupNorms of a step: sd_core/group_norm.py). Marginal cost of a step, SD1.5 + ControlNet
-img2img at 512² on an H200: 17.5 ms with graphs alone, 14.6 ms with the first two, 11.8 ms with all three.
+img2img at 512² on an H100: 18.0 ms with graphs alone, 15.2 ms with the first two, 11.3 ms with all three.
 Autotuned cuDNN convolutions with cuDNN attention first were measured too and gained nothing.
 benchmarks/README.md has the numbers.
 
@@ -35,7 +35,7 @@ minutes on first use, so inductor's on-disk caches (FX graph cache and AOTAutogr
 default) are pointed at a stable folder, not the temporary one inductor picks, so a later process (a
 Blender restart) loads the compiled kernels instead of compiling again. Where the folder is:
 ``compile_cache_dir``. Measured on an H200 (benchmarks/README.md): SD1.5 + ControlNet 512² marginal step
-11.9 ("auto") -> 9.0 ms, but 66 s to the first image on an empty cache and still 24 s with a warm one
+10.8-11.3 ("auto") -> 9.3 ms on an H100, but 65 s to the first image on an empty cache and still 23 s with a warm one
 (dynamo traces every process); SDXL + ControlNet 1024² 64.1 -> 47.2 ms, 128 s cold, 41 s warm. Hence
 opt-in, not "auto".
 """
