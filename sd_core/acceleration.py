@@ -34,10 +34,10 @@ own CUDA graphs), and the graph wrapper above records and replays the compiled k
 minutes on first use, so inductor's on-disk caches (FX graph cache and AOTAutograd cache, both on by
 default) are pointed at a stable folder, not the temporary one inductor picks, so a later process (a
 Blender restart) loads the compiled kernels instead of compiling again. Where the folder is:
-``compile_cache_dir``. Measured on an H200 (benchmarks/README.md): SD1.5 + ControlNet 512² marginal step
-10.8-11.3 ("auto") -> 9.3 ms on an H100, but 65 s to the first image on an empty cache and still 23 s with a warm one
-(dynamo traces every process); SDXL + ControlNet 1024² 64.1 -> 47.2 ms, 128 s cold, 41 s warm. Hence
-opt-in, not "auto".
+``compile_cache_dir``. Measured (benchmarks/README.md): SD1.5 + ControlNet 512² marginal step 10.8-11.3 ms
+("auto") -> 9.3 ms on an H100, but 65 s to the first image on an empty cache and still 23 s with a warm one
+(dynamo traces every process); SDXL + ControlNet 1024² 64.1 -> 47.2 ms on an H200 (before the Triton
+GroupNorm), 128 s cold, 41 s warm. Hence opt-in, not "auto".
 """
 
 from __future__ import annotations
