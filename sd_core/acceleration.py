@@ -53,7 +53,9 @@ from typing import Any, Literal, Protocol
 import torch
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
+from sd_core.channels_last import keep_transformer_outputs_channels_last
 from sd_core.errors import ValidationError
+from sd_core.geglu import use_fused_geglu
 from sd_core.group_norm import use_triton_group_norm
 
 log = logging.getLogger(__name__)
@@ -164,10 +166,10 @@ class _CapturedGraph:
 class CudaGraphAccelerator:
     """Captures and replays CUDA graphs of the denoising networks, keyed by everything that shapes a call."""
 
-    def __init__(self, fuse_qkv: bool = True, channels_last: bool = True, triton_group_norm: bool = True) -> None:
+    def __init__(self, fuse_qkv: bool = True, channels_last: bool = True, triton_kernels: bool = True) -> None:
         self.fuse_qkv = fuse_qkv
         self.channels_last = channels_last
-        self.triton_group_norm = triton_group_norm
+        self.triton_kernels = triton_kernels
         self._graphs: dict[tuple[Hashable, ...], _CapturedGraph | None] = {}
         self._pool: Any = None
         self._prepared: set[int] = set()
@@ -208,13 +210,15 @@ class CudaGraphAccelerator:
             module.fuse_qkv_projections()
         if self.channels_last and _has_convolutions(module):
             module.to(memory_format=torch.channels_last)
-            if self._routes_group_norm(module):
+            keep_transformer_outputs_channels_last(module)
+            if self._uses_triton_kernels(module):
                 use_triton_group_norm(module)
+                use_fused_geglu(module)
         self._prepared.add(id(module))
 
-    def _routes_group_norm(self, module: torch.nn.Module) -> bool:
-        """Whether the module's GroupNorms run the channels-last Triton kernels (sd_core/group_norm.py)."""
-        return self.triton_group_norm
+    def _uses_triton_kernels(self, module: torch.nn.Module) -> bool:
+        """Whether the module's GroupNorms and GEGLUs run sd_core's Triton kernels (group_norm.py, geglu.py)."""
+        return self.triton_kernels
 
     def _forward_of(self, module: torch.nn.Module) -> Callable[..., Any]:
         """What the wrapper records and falls back to: the module's own forward here."""
@@ -314,9 +318,9 @@ class CompiledGraphAccelerator(CudaGraphAccelerator):
         # keeps model switches from piling up recompilations to torch's limit (after which it runs eagerly).
         torch._dynamo.reset()
 
-    def _routes_group_norm(self, module: torch.nn.Module) -> bool:
-        # Inductor writes its own fused channels-last GroupNorm; a hand-written kernel would only split its graph.
-        return self.triton_group_norm and not _is_denoiser(module)
+    def _uses_triton_kernels(self, module: torch.nn.Module) -> bool:
+        # Inductor writes its own fused kernels for what it compiles; hand-written ones would only split its graph.
+        return self.triton_kernels and not _is_denoiser(module)
 
     def _forward_of(self, module: torch.nn.Module) -> Callable[..., Any]:
         if not _is_denoiser(module):  # text encoders and the VAE

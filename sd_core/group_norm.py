@@ -16,18 +16,17 @@ How: three kernels over the tensor viewed as (images, pixels, channels), reading
 3. normalise: one program per tile computes x * scale + shift in fp32, like PyTorch's kernel, and writes
    channels-last.
 No atomics: the result is the same bit for bit on every run. Anything else (NCHW input, CPU, gradients,
-no Triton, as on Windows without triton-windows) goes to PyTorch's own group_norm.
+no Triton, kernels that fail to build: sd_core/triton_support.py) goes to PyTorch's own group_norm.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
+from sd_core.triton_support import KernelSwitch, triton_available
 
 # Elements (pixels x padded channels) of one tile a program holds in registers at a time, and the warps
 # that hold it: sizes measured on an H200 (benchmarks/group_norm_benchmark.py).
@@ -37,38 +36,18 @@ WARPS = 4
 _MAX_CHUNKS = 64
 
 
-@functools.cache
-def triton_available() -> bool:
-    """Whether Triton can be imported (Linux CUDA builds of torch ship it; Windows and macOS usually not)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-class _KernelState:
-    """Set once the kernels failed to build or launch here: the process then stays on PyTorch's group_norm."""
-
-    failed = False
+_SWITCH = KernelSwitch("GroupNorm")
 
 
 def group_norm(
     x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
-    """``F.group_norm`` with the same arguments, through the Triton kernels where they apply.
-
-    Triton builds its kernels on first use, which can fail where PyTorch itself runs (no C compiler for
-    Triton's launcher, a GPU its compiler does not know): that costs speed, never the image.
-    """
+    """``F.group_norm`` with the same arguments, through the Triton kernels where they apply."""
     if _runs_in_triton(x, weight, bias):
-        try:
-            return group_norm_channels_last(x, num_groups, weight, bias, eps)  # type: ignore[arg-type]
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as error:
-            log.warning("Triton GroupNorm unavailable, using PyTorch's: %s", error)
-            _KernelState.failed = True
+        return _SWITCH.run(
+            lambda: group_norm_channels_last(x, num_groups, weight, bias, eps),  # type: ignore[arg-type]
+            lambda: F.group_norm(x, num_groups, weight, bias, eps),
+        )
     return F.group_norm(x, num_groups, weight, bias, eps)
 
 
@@ -93,15 +72,13 @@ def _group_norm_forward(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tens
 
 def _runs_in_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
     return (
-        x.is_cuda
-        and x.dim() == 4
+        x.dim() == 4
         and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
         and x.is_contiguous(memory_format=torch.channels_last)
         and weight is not None
         and bias is not None
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and triton_available()
-        and not _KernelState.failed
+        and not (torch.is_grad_enabled() and weight.requires_grad)
+        and _SWITCH.usable(x)
     )
 
 
@@ -120,7 +97,7 @@ def group_norm_channels_last(
     chunk_rows = rows_block * -(-tiles // _MAX_CHUNKS)
     chunks = -(-pixels // chunk_rows)
 
-    from sd_core import group_norm_kernels as kernels
+    from sd_core import triton_kernels as kernels
 
     layout = {"CHANNELS_BLOCK": channels_block, "ROWS_BLOCK": rows_block, "num_warps": WARPS}
     statistics = torch.empty((2, images, chunks, channels), device=x.device, dtype=torch.float32)

@@ -12,7 +12,8 @@ from sd_core import EngineSettings
 from sd_core import group_norm as group_norm_module
 from sd_core.acceleration import graphable_modules
 from sd_core.engine import Engine
-from sd_core.group_norm import group_norm, group_norm_channels_last, triton_available, use_triton_group_norm
+from sd_core.group_norm import group_norm, group_norm_channels_last, use_triton_group_norm
+from sd_core.triton_support import KernelSwitch, triton_available
 
 
 def test_triton_ships_with_the_pinned_torch():
@@ -125,12 +126,13 @@ def test_kernels_that_fail_to_build_cost_speed_not_the_image(monkeypatch, caplog
         attempts.append(args)
         raise RuntimeError("Failed to find C compiler")
 
-    monkeypatch.setattr(group_norm_module, "_runs_in_triton", lambda *args: not group_norm_module._KernelState.failed)
+    switch = KernelSwitch("GroupNorm")
+    monkeypatch.setattr(group_norm_module, "_SWITCH", switch)
+    monkeypatch.setattr(group_norm_module, "_runs_in_triton", lambda *args: not switch.failed)
     monkeypatch.setattr(group_norm_module, "group_norm_channels_last", unbuildable)
-    monkeypatch.setattr(group_norm_module._KernelState, "failed", False)
     x = channels_last((1, 64, 4, 4))
     weight, bias = torch.randn(64), torch.randn(64)
-    with caplog.at_level("WARNING", logger="sd_core.group_norm"):
+    with caplog.at_level("WARNING", logger="sd_core.triton_support"):
         first = group_norm(x, 32, weight, bias, 1e-5)
         second = group_norm(x, 32, weight, bias, 1e-5)
     assert torch.equal(first, F.group_norm(x, 32, weight, bias, 1e-5)) and torch.equal(first, second)

@@ -1,7 +1,8 @@
-"""The Triton kernels behind sd_core.group_norm (imported only where they run: Triton is not everywhere).
+"""sd_core's Triton kernels (imported only where they run: Triton is not everywhere).
 
-Each views the activations as (images, pixels, channels) and reads whole pixel rows, which are contiguous
-channels-last, so loads are wide and coalesced; sd_core/group_norm.py says why and launches them.
+GroupNorm (launched and explained by sd_core/group_norm.py): the kernels view the activations as (images,
+pixels, channels) and read whole pixel rows, contiguous channels-last, so loads are wide and coalesced.
+GEGLU (sd_core/geglu.py): one pass over a transformer feed-forward's projection.
 """
 
 import triton
@@ -87,3 +88,18 @@ def normalise(
     where = image.to(tl.int64) * pixels * channels + row.to(tl.int64) * channels + channel[None, :]
     tile = tl.load(x_ptr + where, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + where, (tile * scale + shift).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def geglu(x_ptr, out_ptr, inner, BLOCK: tl.constexpr):
+    """One block of one row: ``a * gelu(gate)`` where the row holds ``[a | gate]``, each ``inner`` wide.
+
+    Exact (erf) GELU in fp32, like ``F.gelu``'s default, stored in the input's precision.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    column = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = column < inner
+    value = tl.load(x_ptr + row * 2 * inner + column, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(x_ptr + row * 2 * inner + inner + column, mask=mask, other=0.0).to(tl.float32)
+    gelu = 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476))
+    tl.store(out_ptr + row * inner + column, (value * gelu).to(out_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,73 @@
+"""The transformer-block speed-ups of the graph path, on the CPU: the fused GEGLU kernel (through Triton's
+interpreter, tests/conftest.py) and the channels-last output step, each against diffusers' own arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.models.attention import FeedForward
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+from sd_core.channels_last import keep_transformer_outputs_channels_last
+from sd_core.geglu import geglu, plain_geglu, use_fused_geglu
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "tolerance"),
+    [
+        ((2, 17, 2 * 300), torch.float32, 1e-5),  # a width that is not a multiple of the kernel's block
+        ((1, 64, 2 * 512), torch.float32, 1e-5),
+        ((3, 2 * 256), torch.float16, 2e-3),
+    ],
+)
+def test_fused_geglu_matches_diffusers(shape, dtype, tolerance):
+    projected = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    got = geglu(projected)
+    assert got.shape == (*shape[:-1], shape[-1] // 2) and got.dtype == dtype
+    expected = plain_geglu(projected.float()).to(dtype)
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+
+
+def test_routed_feed_forward_keeps_its_weights_and_output():
+    torch.manual_seed(0)
+    feed_forward = FeedForward(32, activation_fn="geglu")
+    x = torch.randn(2, 5, 32)
+    expected = feed_forward(x)
+    state = {name: tensor.clone() for name, tensor in feed_forward.state_dict().items()}
+    assert use_fused_geglu(feed_forward) == 1
+    assert use_fused_geglu(feed_forward) == 0
+    assert torch.equal(feed_forward(x), expected)  # CPU: diffusers' arithmetic, same bits
+    assert all(torch.equal(feed_forward.state_dict()[name], tensor) for name, tensor in state.items())
+
+
+@pytest.mark.parametrize("linear_projection", [False, True])
+def test_transformer_output_stays_channels_last_with_the_same_values(linear_projection):
+    torch.manual_seed(0)
+    block = Transformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=32,
+        norm_num_groups=8,
+        cross_attention_dim=24,
+        use_linear_projection=linear_projection,
+    ).eval()
+    block.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 6, 5).to(memory_format=torch.channels_last)
+    text = torch.randn(2, 7, 24)
+    with torch.no_grad():
+        expected = block(x, encoder_hidden_states=text).sample
+        assert keep_transformer_outputs_channels_last(block) == 1
+        assert keep_transformer_outputs_channels_last(block) == 0
+        got = block(x, encoder_hidden_states=text).sample
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last)  # no NCHW copy on the way out
+
+
+def test_a_different_diffusers_output_step_is_left_alone():
+    class FutureTransformer(torch.nn.Module):
+        def _get_output_for_continuous_inputs(self, hidden_states, residual, shape):  # another signature
+            return hidden_states
+
+    module = FutureTransformer()
+    assert keep_transformer_outputs_channels_last(module) == 0
+    assert "_get_output_for_continuous_inputs" not in module.__dict__
