@@ -19,13 +19,15 @@ is launched. The VAE is graphed below the level where diffusers passes the reque
 (its encoder and decoder networks), and stays eager where SDXL pipelines recast it to fp32 around every
 call or VAE tiling varies the shapes.
 
-Three one-time layout changes make the replayed kernels themselves faster: fused QKV projections (one
-matrix product instead of three), channels-last convolutions (cuDNN's fast fp16 kernels want NHWC), and
-GroupNorm in Triton that reads and writes channels-last (PyTorch's converts to NCHW and back around each
-of the ~100 GroupNorms of a step: sd_core/group_norm.py). Marginal cost of a step, SD1.5 + ControlNet
-img2img at 512² on an H100: 18.0 ms with graphs alone, 15.2 ms with the first two, 11.3 ms with all three.
-Autotuned cuDNN convolutions with cuDNN attention first were measured too and gained nothing.
-benchmarks/README.md has the numbers.
+One-time changes to the networks make the replayed kernels themselves faster: fused QKV projections (one
+matrix product instead of three), channels-last convolutions (cuDNN's fast fp16 kernels want NHWC), and,
+so that activations stay channels-last between convolutions: GroupNorm in Triton that reads and writes
+channels-last (PyTorch's converts to NCHW and back around each of the ~100 GroupNorms of a step:
+sd_core/group_norm.py), transformer blocks that return their channels-last view instead of an NCHW copy
+(sd_core/channels_last.py), and a one-pass GEGLU in Triton (sd_core/geglu.py). Marginal cost of a step,
+SD1.5 + ControlNet img2img at 512² on an H100: 17.9 ms with graphs alone, 14.2 ms with fused QKV and
+channels-last, 11.2 ms with everything. Autotuned cuDNN convolutions with cuDNN attention first were
+measured too and gained nothing. benchmarks/README.md has the numbers.
 
 Mode "compile" adds kernel fusion: with graphs the step is GPU-bound, so the remaining time is in the
 kernels themselves (many small element-wise kernels around the convolutions and matrix products).
