@@ -388,7 +388,7 @@ def folder_size(folder: Path) -> dict[str, int]:
 
 
 def compile_warm_in_new_process(
-    case: Case, paths: dict[str, Any], cache: Path, reference: np.ndarray, repeats: int, out: Path
+    case: Case, paths: dict[str, Any], cache: Path, reference: np.ndarray, repeats: int, out: Path, profiled: bool
 ) -> dict[str, Any]:
     """Run "compile" again in a fresh interpreter on the same cache folder: what a restarted Blender pays."""
     reference_file = out.with_suffix(".reference.npy")
@@ -397,6 +397,7 @@ def compile_warm_in_new_process(
     command = [sys.executable, __file__, "--cases", case.name, "--repeats", str(repeats), "--out", str(worker_out)]
     command += ["--worker-models", str(paths["model_dir"]), str(paths["controlnet_dir"])]
     command += ["--compile-cache", str(cache), "--reference", str(reference_file), "--launched-at", str(time.time())]
+    command += ["--profile-warm-start"] if profiled else []
     completed = subprocess.run(command, timeout=480, check=False)
     if completed.returncode != 0 or not worker_out.exists():
         return {"error": f"warm process exited with {completed.returncode}"}
@@ -412,15 +413,17 @@ def worker(args: argparse.Namespace) -> None:
     paths = {"model_dir": model_dir, "controlnet_dir": controlnet_dir, "data": data}
     cache_before = folder_size(args.compile_cache)
     profiler = cProfile.Profile()
-    profiler.enable()  # where the warm first image's seconds go (cProfile slows pure Python, so read shares)
+    if args.profile_warm_start:  # where the first image's seconds go; cProfile slows pure Python, so read shares
+        profiler.enable()
     measured = measure(
         "compile warm", sd_core_runner, case, args.repeats, acceleration="compile",
         compile_cache_dir=str(args.compile_cache), **paths,
     )  # fmt: skip
-    profiler.disable()
-    listing = io.StringIO()
-    pstats.Stats(profiler, stream=listing).sort_stats("cumulative").print_stats(60)
-    args.out.with_suffix(".pstats.txt").write_text(listing.getvalue())
+    if args.profile_warm_start:
+        profiler.disable()
+        listing = io.StringIO()
+        pstats.Stats(profiler, stream=listing).sort_stats("cumulative").print_stats(60)
+        args.out.with_suffix(".pstats.txt").write_text(listing.getvalue())
     metrics = measured["metrics"]
     metrics["dynamo_compile_times"] = torch._dynamo.utils.compile_times(repr="str", aggregate=True)
     metrics["process_start_to_first_image_s"] = metrics["first_image_at_epoch_s"] - started_at
@@ -443,6 +446,9 @@ def main() -> None:
     )
     parser.add_argument("--compile-cache", type=Path, help='inductor cache for "compile" (default: a new, empty one)')
     parser.add_argument("--no-profile", action="store_true", help="skip the profile of one accelerated request")
+    parser.add_argument(
+        "--profile-warm-start", action="store_true", help="cProfile the compile_warm process (slows its first image)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--worker-models", nargs=2, help=argparse.SUPPRESS)  # the compile_warm process
     parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
@@ -525,7 +531,9 @@ def main() -> None:
             save()
             if "compile_warm" in args.variants and "sd_core_compile" in runs:
                 cache = args.compile_cache or Path(tmp) / "inductor-cache"
-                warm = compile_warm_in_new_process(case, paths, cache, stock["output"], args.repeats, args.out)
+                warm = compile_warm_in_new_process(
+                    case, paths, cache, stock["output"], args.repeats, args.out, args.profile_warm_start
+                )
                 if "latency_s" in warm:
                     warm["speedup_vs_stock"] = stock["metrics"]["latency_s"] / warm["latency_s"]
                 entry["sd_core_compile_warm"] = warm
