@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from sd_core.errors import ValidationError
@@ -69,13 +71,26 @@ def crop(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def prepare_mask(mask: np.ndarray, grow: int = 0, feather: int = 0) -> np.ndarray:
     """Binarise, grow by ``grow`` pixels, then feather with a blur of ``feather`` pixels. Result in [0,1]."""
-    binary = (mask > 0.5).astype(np.uint8) * 255
-    image = Image.fromarray(binary)
+    binary = mask > 0.5
     if grow > 0:
-        image = image.filter(ImageFilter.MaxFilter(2 * grow + 1))
+        binary = dilate(binary, grow)
+    image = Image.fromarray(binary.astype(np.uint8) * 255)
     if feather > 0:
         image = image.filter(ImageFilter.GaussianBlur(feather))
     return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def dilate(binary: np.ndarray, radius: int) -> np.ndarray:
+    """Grow a boolean mask by ``radius`` pixels in a square, like PIL's MaxFilter(2 * radius + 1).
+
+    As two one-dimensional max filters (rows, then columns), so the cost grows with the radius, not its
+    square: at 1024² and 19 pixels, 1.4 s through PIL became a few tens of milliseconds.
+    """
+    size = 2 * radius + 1
+    grid = torch.from_numpy(binary.astype(np.float32))[None, None]
+    grid = F.max_pool2d(grid, (1, size), stride=1, padding=(0, radius))
+    grid = F.max_pool2d(grid, (size, 1), stride=1, padding=(radius, 0))
+    return grid[0, 0].numpy() > 0.5
 
 
 def composite(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:

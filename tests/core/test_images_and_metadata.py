@@ -3,7 +3,7 @@
 import json
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from sd_core import images
 from sd_core.metadata import a1111_parameters, parse_a1111_parameters, save_png
@@ -24,6 +24,16 @@ def test_mask_grow_widens_and_feather_softens():
     feathered = images.prepare_mask(mask, feather=2)
     assert 0.0 < feathered[13, 16] < 1.0
     assert feathered[0, 0] == 0.0
+
+
+def test_mask_growth_is_a_square_max_filter_up_to_the_borders():
+    """The separable dilation matches PIL's MaxFilter (what artists' masks were grown with before), edges included."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((41, 57)) > 0.97
+    mask[0, 0] = mask[-1, 30] = True
+    for radius in (1, 4, 9):
+        reference = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
+        assert np.array_equal(images.dilate(mask, radius), np.asarray(reference) > 127)
 
 
 def test_composite_keeps_unmasked_pixels_bit_exact():
