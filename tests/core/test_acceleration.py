@@ -17,6 +17,7 @@ from sd_core.acceleration import (
     PlainPath,
     call_key,
     compile_cache_dir,
+    graphable_modules,
     make_accelerator,
     use_compile_cache,
     uses_cuda_graphs,
@@ -203,3 +204,20 @@ def test_deferred_previews_hand_over_the_previous_step():
     for previous, handed_over in zip(own[:-1], lagged[1:], strict=True):
         np.testing.assert_array_equal(previous, handed_over)
     assert all(preview.shape == (8, 8, 3) and 0.0 <= preview.min() <= preview.max() <= 1.0 for preview in own)
+
+
+def test_vae_graphed_where_its_weights_stay_put(tiny_models):
+    """SD1's VAE encoder and decoder are graphed; SDXL's recasts to fp32 around each call, VAE tiling varies shapes."""
+    engine = Engine(EngineSettings(device="cpu", acceleration="off"))
+    sd1 = engine.cache.base_pipeline(str(tiny_models["sd1"]))[0]
+    names = [type(module).__name__ for module in graphable_modules(sd1)]
+    assert names == ["UNet2DConditionModel", "CLIPTextModel", "Encoder", "Decoder"]
+    sd1.vae.enable_tiling()
+    try:
+        assert "Decoder" not in [type(module).__name__ for module in graphable_modules(sd1)]
+    finally:
+        sd1.vae.disable_tiling()
+    sdxl = engine.cache.base_pipeline(str(tiny_models["sdxl"]))[0]
+    assert sdxl.vae.config.force_upcast
+    assert "Decoder" not in [type(module).__name__ for module in graphable_modules(sdxl)]
+    np.testing.assert_equal(len(graphable_modules(sdxl)), 3)  # UNet and both text encoders
