@@ -18,8 +18,9 @@ texel is ever black. Projection back onto the surface is geometry-true: each vie
 renderer) decides occlusion exactly as single-view baking does, and each view's object labels keep
 one object's paint off another.
 
-Everything is plain numpy on arrays the caller extracts (the Blender side: ``blender_addon.multiview``);
-the generator is any callable, so tests can paint views with known functions of world position.
+Everything is numpy (with torch's bilinear lookups, through sd_core.projection) on arrays the caller extracts
+(``blender_addon.multiview``); the generator is any callable, so tests can paint views with known functions of
+world position.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -37,11 +39,11 @@ from sd_core.depth import depth_to_control_image
 from sd_core.errors import ValidationError
 from sd_core.projection import (
     CameraModel,
+    depth_test,
     dilate,
-    facing_weight,
+    project_points,
     sample_bilinear,
     texel_surface,
-    view_samples,
 )
 from sd_core.request import ControlSpec, GenerationRequest
 
@@ -93,6 +95,11 @@ class Surface:
             uv_triangles, corner_positions, corner_normals, texture_size, texture_size
         )
         return cls(name, texels.texel_index, points, normals, texels.island_mask(), texture_size, texture_size)
+
+    @cached_property
+    def facing_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per texel n.p and |p|^2: with them, facing a camera at c costs two matrix-vector products (``_front``)."""
+        return np.einsum("ij,ij->i", self.normals, self.points), np.einsum("ij,ij->i", self.points, self.points)
 
 
 @dataclass(frozen=True)
@@ -176,9 +183,15 @@ class MultiViewResult:
 
 @dataclass(frozen=True)
 class TexelView:
-    """Where a surface's texels land in one view and how much the view is trusted there (0 = not seen)."""
+    """The texels of a surface one view sees: ``index`` (N,) into the surface's texels, ``pixel_xy`` (N, 2)
+    where they land, ``pixel`` (N,) the flat index of the pixel they fall in, ``facing`` (N,) > 0 the trust.
 
+    Compact (only seen texels, often a fifth of the surface), so the per-view work never touches the rest.
+    """
+
+    index: np.ndarray
     pixel_xy: np.ndarray
+    pixel: np.ndarray
     facing: np.ndarray
 
 
@@ -188,19 +201,39 @@ def texel_view(surface: Surface, view: View, label: int, *, relative_tolerance: 
     The label test is what keeps one object's paint off another where depth alone is ambiguous, e.g.
     two objects touching, or a texel just past a silhouette whose pixel shows the neighbour.
     """
-    # Back-facing texels (about half) skip projection and the depth test; their pixel position stays 0.
-    front = np.flatnonzero(facing_weight(view.camera, surface.points, surface.normals) > 0.0)
-    samples = view_samples(
-        view.camera, view.depth, surface.points[front], surface.normals[front], relative_tolerance=relative_tolerance
-    )
-    columns = np.clip(np.floor(samples.pixel_xy[:, 0]).astype(np.int64), 0, view.camera.width - 1)
-    rows = np.clip(np.floor(samples.pixel_xy[:, 1]).astype(np.int64), 0, view.camera.height - 1)
-    on_object = view.labels[rows, columns] == label
-    pixel_xy = np.zeros((len(surface.points), 2))
-    facing = np.zeros(len(surface.points), np.float32)
-    pixel_xy[front] = samples.pixel_xy
-    facing[front] = np.where(on_object, samples.weight, 0.0)
-    return TexelView(pixel_xy, facing)
+    camera = view.camera
+    # Back-facing texels (about half) are culled before projection and the depth test.
+    front, points, facing = _front(surface, camera)
+    projected = project_points(camera, points)
+    columns = np.clip(np.floor(projected.pixel_xy[:, 0]).astype(np.int64), 0, camera.width - 1)
+    rows = np.clip(np.floor(projected.pixel_xy[:, 1]).astype(np.int64), 0, camera.height - 1)
+    pixel = rows * camera.width + columns
+    weight = facing.astype(np.float32)
+    visible = projected.in_frame & (weight > 0.0) & (view.labels.ravel()[pixel] == label)
+    visible &= depth_test(camera, projected, view.depth, facing, relative_tolerance=relative_tolerance)
+    keep = np.flatnonzero(visible)  # np.take with indices: several times faster than boolean or 2-D fancy indexing
+    return TexelView(front[keep], np.take(projected.pixel_xy, keep, axis=0), pixel[keep], weight[keep])
+
+
+def _front(surface: Surface, camera: CameraModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and positions of the texels facing the camera, and their cosines as ``facing_weight`` gives them.
+
+    Expanded as n.(c - p) = n.c - n.p and |c - p|^2 = |c|^2 - 2 c.p + |p|^2 with ``Surface.facing_terms``,
+    so the whole surface costs one product with the normals and the front half one with the points,
+    instead of building the (M, 3) directions to the camera for every texel.
+    """
+    camera_to_world = camera.camera_to_world
+    if camera.is_orthographic:
+        cosine = surface.normals @ camera_to_world[:3, 2]
+        front = np.flatnonzero(cosine > 0.0)
+        return front, np.take(surface.points, front, axis=0), np.minimum(cosine[front], 1.0)
+    centre = camera_to_world[:3, 3]
+    normal_offset, squared_norm = surface.facing_terms
+    toward = surface.normals @ centre - normal_offset
+    front = np.flatnonzero(toward > 0.0)
+    points = np.take(surface.points, front, axis=0)
+    squared_distance = squared_norm[front] - 2.0 * (points @ centre) + centre @ centre
+    return front, points, np.minimum(toward[front] / np.sqrt(np.maximum(squared_distance, 1e-24)), 1.0)
 
 
 REGION_CODES: dict[Region, int] = {"keep": 1, "refine": 2, "generate": 3}
@@ -224,13 +257,10 @@ def sample_object(image: np.ndarray, labels: np.ndarray, label: int, pixel_xy: n
     return np.clip(premultiplied[:, :3] / coverage, 0.0, 1.0)
 
 
-def splat(pixel_xy: np.ndarray, values: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Average per-point values into the pixels they fall in: ((H, W, C) mean, (H, W) bool hit)."""
-    columns = np.clip(np.floor(pixel_xy[:, 0]).astype(np.int64), 0, width - 1)
-    rows = np.clip(np.floor(pixel_xy[:, 1]).astype(np.int64), 0, height - 1)
-    flat = rows * width + columns
-    counts = np.bincount(flat, minlength=width * height).astype(np.float32)
-    sums = np.stack([np.bincount(flat, values[:, c], minlength=width * height) for c in range(values.shape[1])], 1)
+def splat(pixel: np.ndarray, values: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Average per-point values into the pixels they fall in (flat indices): ((H, W, C) mean, (H, W) bool hit)."""
+    counts = np.bincount(pixel, minlength=width * height).astype(np.float32)
+    sums = np.stack([np.bincount(pixel, values[:, c], minlength=width * height) for c in range(values.shape[1])], 1)
     hit = counts > 0
     mean = np.where(hit[:, None], sums / np.maximum(counts, 1.0)[:, None], 0.0).astype(np.float32)
     return mean.reshape(height, width, -1), hit.reshape(height, width)
@@ -246,25 +276,42 @@ def fill_unknown(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     if not known.any():
         return np.full(values.shape, 0.5, dtype=np.float32)
     weight = known.astype(np.float32)
-    filled = _pull_push(values * weight[..., None], weight)
-    unknown = ~known
+    filled = np.ascontiguousarray(_pull_push(values * weight[..., None], weight))
+    # Diffuse through flat neighbour indices of the unknown texels only (edges clamp), not whole padded images.
+    height, width = known.shape
+    unknown = np.flatnonzero(~known)
+    rows, columns = np.divmod(unknown, width)
+    neighbours = (
+        np.maximum(rows - 1, 0) * width + columns,
+        np.minimum(rows + 1, height - 1) * width + columns,
+        rows * width + np.maximum(columns - 1, 0),
+        rows * width + np.minimum(columns + 1, width - 1),
+    )
+    flat = filled.reshape(height * width, -1)
     for _ in range(FILL_SMOOTHING_ITERATIONS):
-        padded = np.pad(filled, ((1, 1), (1, 1), (0, 0)), mode="edge")
-        neighbours = (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]) / 4.0
-        filled[unknown] = neighbours[unknown]
-    return filled.astype(np.float32)
+        up, down, left, right = (np.take(flat, neighbour, axis=0) for neighbour in neighbours)
+        flat[unknown] = (up + down + left + right) / 4.0
+    return filled
 
 
 def _pull_push(premultiplied: np.ndarray, weight: np.ndarray) -> np.ndarray:
     height, width = weight.shape
     has = weight > 0
-    level = np.where(has[..., None], premultiplied / np.maximum(weight, 1e-12)[..., None], 0.0)
     if has.all() or (height == 1 and width == 1):
-        return level.astype(np.float32)
-    pad = ((0, height % 2), (0, width % 2))
-    coarse = _pull_push(_sum_2x2(np.pad(premultiplied, (*pad, (0, 0)))), _sum_2x2(np.pad(weight, pad)))
-    upsampled = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)[:height, :width]
-    return np.where(has[..., None], level, upsampled).astype(np.float32)
+        return np.where(has[..., None], premultiplied / np.maximum(weight, 1e-12)[..., None], 0.0).astype(np.float32)
+    if height % 2 or width % 2:
+        pad = ((0, height % 2), (0, width % 2))
+        premultiplied, weight = np.pad(premultiplied, (*pad, (0, 0))), np.pad(weight, pad)
+    coarse = _pull_push(_sum_2x2(premultiplied), _sum_2x2(weight))
+    filled = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)[:height, :width]
+    # Known texels keep their own average, written over the coarse level in place (no full-size temporaries).
+    np.divide(
+        premultiplied[:height, :width],
+        np.maximum(weight[:height, :width], 1e-12)[..., None],
+        out=filled,
+        where=has[..., None],
+    )
+    return filled
 
 
 def _sum_2x2(values: np.ndarray) -> np.ndarray:
@@ -391,28 +438,45 @@ def _task_for_view(
     painted_hit = np.zeros((height, width), bool)
     needs_paint = np.zeros((height, width), bool)
     for label, (texels, state) in enumerate(zip(geometry, states, strict=True), 1):
-        seen = texels.facing > 0.0
-        state.seen |= seen
-        region = classify(texels.facing, state.best_facing)
-        painted = seen & (state.best_facing > 0.0)
+        state.seen[texels.index] = True
+        best_facing = state.best_facing[texels.index]
+        on_object = view.labels == label
+        painted = best_facing > 0.0
         if painted.any():
-            colors, hit = splat(texels.pixel_xy[painted], state.color[painted], width, height)
-            on_object = view.labels == label
-            colors, hit = dilate(colors, hit & on_object, 2)
-            hit &= on_object
-            painted_pixels[hit] = colors[hit]
-            painted_hit |= hit
-        paint = region >= REGION_CODES["refine"]
-        if paint.any():
-            _, paint_hit = splat(texels.pixel_xy[paint], np.ones((int(paint.sum()), 1), np.float32), width, height)
-            needs_paint |= paint_hit
-        needs_paint |= (view.labels == label) & ~painted_hit  # pixels of the object no painted texel reaches
+            painted_texels = texels.index[painted]
+            colors, hit = splat(texels.pixel[painted], np.take(state.color, painted_texels, axis=0), width, height)
+            box = _bounding_box(hit & on_object, PAINT_DILATION)
+            colors, hit = dilate(colors[box], hit[box] & on_object[box], PAINT_DILATION)
+            hit &= on_object[box]
+            painted_pixels[box][hit] = colors[hit]
+            painted_hit[box] |= hit
+        paint = classify(texels.facing, best_facing) >= REGION_CODES["refine"]
+        needs_paint.ravel()[texels.pixel[paint]] = True
+        needs_paint |= on_object & ~painted_hit  # pixels of the object no painted texel reaches
     image = np.where(painted_hit[..., None], painted_pixels, view.color).astype(np.float32)
     mask = needs_paint.astype(np.float32)
     grow, feather = mask_margins(width, height)
     soft_mask = images.prepare_mask(mask, grow, feather) if mask.any() else mask
     direction = view_direction(view.camera, first_camera, centre)
     return ViewTask(index, image, mask, soft_mask, view.depth, view.camera, direction, grow, feather)
+
+
+PAINT_DILATION = 2
+"""Pixels the painted texture is grown by when rendered into a view, closing gaps between splatted texels."""
+
+
+def _bounding_box(known: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The rows and columns around ``known`` (H, W) plus ``margin``: all that ``margin`` dilation passes can reach.
+
+    Dilating just this box gives the same pixels as the whole view, at the cost of the object's size only.
+    """
+    rows, columns = np.flatnonzero(known.any(axis=1)), np.flatnonzero(known.any(axis=0))
+    if not len(rows):
+        return slice(0, 0), slice(0, 0)
+    return (
+        slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+        slice(max(columns[0] - margin, 0), columns[-1] + margin + 1),
+    )
 
 
 def _fuse_view(
@@ -425,29 +489,27 @@ def _fuse_view(
     state: _State,
 ) -> None:
     """Blend the view's final image into the texels it painted, weighted by mask and facing."""
-    seen = np.flatnonzero(texels.facing > 0.0)
-    region = classify(texels.facing[seen], state.best_facing[seen])
-    mask_at_texel = sample_bilinear(soft_mask[..., None], texels.pixel_xy[seen])[:, 0]
+    region = classify(texels.facing, state.best_facing[texels.index])
+    mask_at_texel = sample_bilinear(soft_mask[..., None], texels.pixel_xy)[:, 0]
     mask_weight = np.where(region == REGION_CODES["generate"], 1.0, mask_at_texel)
-    in_mask = mask_weight > 0.0
-    touched, mask_weight = seen[in_mask], mask_weight[in_mask]
+    in_mask = np.flatnonzero(mask_weight > 0.0)
+    touched, mask_weight = texels.index[in_mask], mask_weight[in_mask]
     if not len(touched):
         return
-    facing = texels.facing[touched]
+    facing = texels.facing[in_mask]
     # The floor keeps a grazing texel's weight far above float32's underflow, so it is painted, never black.
     weight = (mask_weight * np.maximum(facing, MIN_FACING) ** FACING_POWER).astype(np.float32)
-    colors = sample_object(final, view.labels, label, texels.pixel_xy[touched])
+    colors = sample_object(final, view.labels, label, np.take(texels.pixel_xy, in_mask, axis=0))
     old_weight = state.weight[touched]
     total = old_weight + weight
-    state.color[touched] = (state.color[touched] * old_weight[:, None] + colors * weight[:, None]) / total[:, None]
+    old_color = np.take(state.color, touched, axis=0)
+    state.color[touched] = (old_color * old_weight[:, None] + colors * weight[:, None]) / total[:, None]
     state.weight[touched] = total
-    painted_here = mask_weight >= 0.5
-    state.best_facing[touched] = np.where(
-        painted_here, np.maximum(state.best_facing[touched], facing), state.best_facing[touched]
-    )
-    wins = weight > state.owner_weight[touched]
-    state.owner[touched[wins]] = index
-    state.owner_weight[touched] = np.maximum(state.owner_weight[touched], weight)
+    best_facing = state.best_facing[touched]
+    state.best_facing[touched] = np.where(mask_weight >= 0.5, np.maximum(best_facing, facing), best_facing)
+    owner_weight = state.owner_weight[touched]
+    state.owner[touched[weight > owner_weight]] = index
+    state.owner_weight[touched] = np.maximum(owner_weight, weight)
 
 
 def _finish_texture(surface: Surface, state: _State) -> SurfaceTexture:
@@ -481,12 +543,12 @@ def last_view_wins(
         state = _empty_state(surface)
         for index, (view, final) in enumerate(zip(views, view_images, strict=True)):
             texels = texel_view(surface, view, label)
-            seen = texels.facing > 0.0
-            state.color[seen] = sample_object(final, view.labels, label, texels.pixel_xy[seen])
+            seen = texels.index
+            state.color[seen] = sample_object(final, view.labels, label, texels.pixel_xy)
             state.weight[seen] = 1.0
             state.owner[seen] = index
-            state.best_facing[seen] = texels.facing[seen]
-            state.seen |= seen
+            state.best_facing[seen] = texels.facing
+            state.seen[seen] = True
         textures.append(_finish_texture(surface, state))
     return textures
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from sd_core.errors import ValidationError
 
@@ -195,19 +197,16 @@ def view_samples(
 
 
 def sample_bilinear(image: np.ndarray, pixel_xy: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of an (H, W, C) image at continuous pixel coordinates (N, 2); edges clamp."""
+    """Bilinear lookup of an (H, W, C) image at continuous pixel coordinates (N, 2); edges clamp.
+
+    Through torch's ``grid_sample`` (border padding is the same clamp), several times faster on the CPU than
+    numpy gathers; float64 keeps coordinates and weights as exact as the numpy arithmetic was.
+    """
     height, width = image.shape[:2]
-    x = np.clip(pixel_xy[:, 0] - 0.5, 0.0, width - 1.0)
-    y = np.clip(pixel_xy[:, 1] - 0.5, 0.0, height - 1.0)
-    x0 = np.minimum(np.floor(x).astype(np.int64), width - 2) if width > 1 else np.zeros(len(x), np.int64)
-    y0 = np.minimum(np.floor(y).astype(np.int64), height - 2) if height > 1 else np.zeros(len(y), np.int64)
-    x1 = np.minimum(x0 + 1, width - 1)
-    y1 = np.minimum(y0 + 1, height - 1)
-    fx = (x - x0)[:, None]
-    fy = (y - y0)[:, None]
-    top = image[y0, x0] * (1.0 - fx) + image[y0, x1] * fx
-    bottom = image[y1, x0] * (1.0 - fx) + image[y1, x1] * fx
-    return (top * (1.0 - fy) + bottom * fy).astype(np.float32)
+    layers = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].double()
+    grid = torch.from_numpy(np.asarray(pixel_xy, dtype=np.float64) / [width / 2.0, height / 2.0] - 1.0)[None, None]
+    samples = F.grid_sample(layers, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return samples[0, :, 0].T.float().numpy()
 
 
 @dataclass(frozen=True)
