@@ -177,7 +177,9 @@ def run(args: argparse.Namespace) -> list[str]:
     while not job.finished.wait(0.5):
         for event in runner.poll():
             progress = event.job.progress
-            if event.kind == "progress" and progress is not None and progress.step != steps_done:
+            if event.kind == "started":
+                print("loading models and preparing the GPU...", file=sys.stderr)
+            elif event.kind == "progress" and progress is not None and progress.step != steps_done:
                 steps_done = progress.step
                 print(f"step {progress.step}/{progress.total}", file=sys.stderr)
     runner.poll()

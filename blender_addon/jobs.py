@@ -59,7 +59,9 @@ class Job:
 
 @dataclass(frozen=True)
 class JobEvent:
-    kind: Literal["progress", "finished"]
+    """``started`` when the worker takes the job (models may load, the GPU fast path may prepare before step 1)."""
+
+    kind: Literal["started", "progress", "finished"]
     job: Job
 
 
@@ -123,7 +125,7 @@ class JobRunner:
             except queue.Empty:
                 break
         newest_progress = {id(e.job): e for e in events if e.kind == "progress"}
-        return [e for e in events if e.kind == "finished" or newest_progress[id(e.job)] is e]
+        return [e for e in events if e.kind != "progress" or newest_progress[id(e.job)] is e]
 
     def wait(self, job: Job, timeout: float | None = None) -> Job:
         """Block until the job ends (headless use); the UI never calls this."""
@@ -165,6 +167,7 @@ class JobRunner:
             self._finish(job, "cancelled", error="Generation cancelled.")
             return
         job.state = "running"
+        self._events.put(JobEvent("started", job))
         try:
             engine = self._engine_for_current_settings()
             if job.task is not None:

@@ -56,6 +56,11 @@ def _finish(job: Job) -> None:
         print(f"Stable Diffusion: {job.error}")
 
 
+# Before step 1 a job may load models and, the first time at a new image size, prepare the GPU fast path:
+# seconds in which the artist should know work is under way.
+STARTED_STATUS = "Working: loading models and preparing the GPU (the first image at a new size takes longest)..."
+
+
 def poll_jobs() -> float | None:
     """The timer: apply events from the worker; keep ticking while jobs are active."""
     active_runner = generation.current_runner()
@@ -64,6 +69,8 @@ def poll_jobs() -> float | None:
     for event in active_runner.poll():
         if event.kind == "finished":
             _finish(event.job)
+        elif event.kind == "started":
+            _status(STARTED_STATUS)
         elif event.job.progress is not None:
             progress = event.job.progress
             if progress.preview is not None:

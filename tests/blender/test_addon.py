@@ -230,16 +230,25 @@ def test_a_selected_non_mesh_is_named_in_the_error(still_life):
         generation.plan_generation(bpy.context)
 
 
-def test_the_generate_button_path_polls_previews_and_results_in(still_life):
+def test_the_generate_button_path_polls_previews_and_results_in(still_life, monkeypatch):
     """What the UI timer does, driven by hand (timers never tick in background mode)."""
     operators = sys.modules[f"{ADDON}.operators"]
+    statuses = []
+    show_status = operators._status
+    monkeypatch.setattr(
+        operators, "_status", lambda text, fraction=0.0: (statuses.append(text), show_status(text, fraction))
+    )
     preferences = bpy.context.preferences.addons[ADDON].preferences
     preferences.device = "cpu"
     assert bpy.ops.sd.generate() == {"FINISHED"}
+    wm = bpy.context.window_manager
     deadline = time.monotonic() + 120
     while operators.poll_jobs() is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    wm = bpy.context.window_manager
+    # Before the first step the artist learns that work started (model loading, GPU preparation).
+    assert statuses.index(operators.STARTED_STATUS) < next(
+        i for i, text in enumerate(statuses) if text.startswith("Step")
+    )
     assert wm.sd_status.startswith("Done: SD a bronze plaque 5"), wm.sd_status
     assert still_life.settings.last_result is not None
     preview = bpy.data.images["SD Preview"]
