@@ -12,14 +12,13 @@ The projection itself stays PyTorch's matrix product; only what follows it chang
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GEGLU
 
-from sd_core.triton_support import KernelSwitch, triton_available
+from sd_core.triton_support import KernelSwitch, route_forward
 
 _SWITCH = KernelSwitch("GEGLU")
 # Columns one program handles: the feed-forward widths of SD1.5 and SDXL (1280, 2560, 5120) divide by it.
@@ -27,18 +26,8 @@ _BLOCK = 256
 
 
 def use_fused_geglu(module: torch.nn.Module) -> int:
-    """Route every diffusers ``GEGLU`` inside ``module`` through the fused kernel; returns how many.
-
-    The forward is shadowed on each instance, so the module tree, its weights and state dict stay untouched.
-    """
-    if not triton_available():
-        return 0
-    routed = 0
-    for layer in module.modules():
-        if isinstance(layer, GEGLU) and "forward" not in layer.__dict__:
-            layer.forward = functools.partial(_geglu_forward, layer)  # type: ignore[method-assign]
-            routed += 1
-    return routed
+    """Route every diffusers ``GEGLU`` inside ``module`` through the fused kernel; returns how many."""
+    return route_forward(module, GEGLU, _geglu_forward)
 
 
 def _geglu_forward(layer: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -21,12 +21,10 @@ no Triton, kernels that fail to build: sd_core/triton_support.py) goes to PyTorc
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from sd_core.triton_support import KernelSwitch, triton_available
+from sd_core.triton_support import KernelSwitch, route_forward
 
 # Elements (pixels x padded channels) of one tile a program holds in registers at a time, and the warps
 # that hold it: sizes measured on an H200 (benchmarks/group_norm_benchmark.py).
@@ -52,18 +50,8 @@ def group_norm(
 
 
 def use_triton_group_norm(module: torch.nn.Module) -> int:
-    """Route every ``nn.GroupNorm`` inside ``module`` through ``group_norm``; returns how many were routed.
-
-    The forward is shadowed on each instance, so the module tree, its weights and state dict stay untouched.
-    """
-    if not triton_available():
-        return 0
-    routed = 0
-    for norm in module.modules():
-        if isinstance(norm, torch.nn.GroupNorm) and "forward" not in norm.__dict__:
-            norm.forward = functools.partial(_group_norm_forward, norm)  # type: ignore[method-assign]
-            routed += 1
-    return routed
+    """Route every ``nn.GroupNorm`` inside ``module`` through ``group_norm``; returns how many were routed."""
+    return route_forward(module, torch.nn.GroupNorm, _group_norm_forward)
 
 
 def _group_norm_forward(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:

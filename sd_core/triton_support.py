@@ -10,12 +10,28 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
 Output = TypeVar("Output")
+
+
+def route_forward(module: torch.nn.Module, layer_type: type, forward: Callable[..., Any]) -> int:
+    """Shadow ``forward`` of every ``layer_type`` inside ``module`` with ``forward(layer, ...)``; returns how many.
+
+    Only where Triton is present; the forward is set on each instance, so the module tree, its weights and its
+    state dict stay untouched, and a layer already routed is left as it is.
+    """
+    if not triton_available():
+        return 0
+    routed = 0
+    for layer in module.modules():
+        if isinstance(layer, layer_type) and "forward" not in layer.__dict__:
+            layer.forward = functools.partial(forward, layer)
+            routed += 1
+    return routed
 
 
 @functools.cache
