@@ -90,7 +90,11 @@ class Engine:
         loaded = time.perf_counter()
 
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
-        inputs = _prepare_inputs(request)
+        # The grown mask the pipeline inpaints, and its feathered version pasted back: dilated once per request.
+        grown = images.prepare_mask(request.mask, grow=request.mask_grow) if request.mask is not None else None
+        inputs = _prepare_inputs(request, grown)
+        inpainting = request.mode == "inpaint" and grown is not None
+        blend = images.prepare_mask(grown, feather=request.mask_feather) if inpainting else None
         results = []
         try:
             with (
@@ -100,6 +104,9 @@ class Engine:
                 for index in range(request.batch_size):
                     image_seed = (seed + index) % 2**32
                     pixels = self._run_once(pipe, request, info, inputs, image_seed, index, on_progress, should_cancel)
+                    if blend is not None:
+                        assert request.image is not None
+                        pixels = images.composite(pixels, request.image, blend)
                     metadata = describe(request, info, image_seed)
                     results.append(GeneratedImage(pixels=pixels, seed=image_seed, metadata=metadata))
         except torch.cuda.OutOfMemoryError as error:
@@ -180,23 +187,17 @@ class Engine:
             callback_on_step_end_tensor_inputs=["latents"],
             **inputs,
         )
-        pixels = images.crop(np.asarray(output.images[0], dtype=np.float32), width, height)
-        if request.mode == "inpaint":
-            assert request.image is not None and request.mask is not None
-            soft_mask = images.prepare_mask(request.mask, request.mask_grow, request.mask_feather)
-            pixels = images.composite(pixels, request.image, soft_mask)
-        return pixels
+        return images.crop(np.asarray(output.images[0], dtype=np.float32), width, height)
 
 
-def _prepare_inputs(request: GenerationRequest) -> dict[str, Any]:
+def _prepare_inputs(request: GenerationRequest, grown_mask: np.ndarray | None) -> dict[str, Any]:
     """Pipeline keyword arguments for the images: padded to multiples of 8, batch-first float arrays."""
     inputs: dict[str, Any] = {}
     if request.image is not None:
         inputs["image"] = images.pad_to_multiple(request.image)[None]
         inputs["strength"] = request.strength
-    if request.mask is not None:
-        grown = images.prepare_mask(request.mask, grow=request.mask_grow)
-        inputs["mask_image"] = images.to_pil(images.pad_to_multiple(grown))
+    if grown_mask is not None:
+        inputs["mask_image"] = images.to_pil(images.pad_to_multiple(grown_mask))
     if request.controls:
         control_images = [images.pad_to_multiple(control.image)[None] for control in request.controls]
         key = "image" if request.mode == "txt2img" else "control_image"
