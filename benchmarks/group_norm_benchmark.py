@@ -2,7 +2,8 @@
 
 The shapes are those of SD1.5 at 512² (UNet with classifier-free guidance, batch 2; VAE decoder, batch 1) and
 SDXL's UNet at 1024². Each is timed inside a CUDA graph (how the accelerated path runs it) over 200 replays,
-and checked against an fp32 reference.
+and checked against an fp32 reference. A ResNet block's second norm is timed too: stock's bias add, time
+embedding add, GroupNorm and SiLU against the one Triton GroupNorm that folds them (sd_core/resnet_block.py).
 
     python benchmarks/group_norm_benchmark.py --out benchmarks/results/group_norm.json
 """
@@ -63,9 +64,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tiles", type=int, nargs="+", default=[group_norm.TILE], help="tile sizes to try")
     parser.add_argument("--warps", type=int, nargs="+", default=[group_norm.WARPS], help="warp counts to try")
+    parser.add_argument(
+        "--normalise-tiles", type=int, nargs="+", default=[group_norm.NORMALISE_TILE], help="normalising tile sizes"
+    )
     args = parser.parse_args()
     report = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "dtype": "float16", "shapes": {}}
-    configs = [(tile, warps) for tile in args.tiles for warps in args.warps]
+    configs = [(t, w, n) for t in args.tiles for w in args.warps for n in args.normalise_tiles]
     totals = dict.fromkeys(configs, 0.0)
     for name, shape in SHAPES.items():
         generator = torch.Generator(device="cuda").manual_seed(0)
@@ -85,12 +89,32 @@ def main() -> None:
             "pytorch_output_channels_last": torch_out.is_contiguous(memory_format=torch.channels_last),
             "triton_output_channels_last": triton_out.is_contiguous(memory_format=torch.channels_last),
         }
-        for tile, warps in configs:
-            group_norm.TILE, group_norm.WARPS = tile, warps
+        conv_bias = torch.randn(shape[1], device="cuda", generator=generator).half()
+        time_shift = torch.randn(shape[0], shape[1], device="cuda", generator=generator).half()
+        shifts = (conv_bias, time_shift)
+        fused_out = group_norm_channels_last(x_last, 32, weight, bias, 1e-6, shifts=shifts, silu=True)
+        stock_sequence = lambda x=x_last, w=weight, b=bias, c=conv_bias, t=time_shift: F.silu(  # noqa: E731
+            F.group_norm(x + c[:, None, None] + t[:, :, None, None], 32, w, b, 1e-6)
+        )
+        row["pytorch_resnet_norm2_ms"] = graphed_ms(stock_sequence)
+        shifted = x.float() + conv_bias.float()[:, None, None] + time_shift.float()[:, :, None, None]
+        fused_reference = F.silu(F.group_norm(shifted, 32, weight.float(), bias.float(), 1e-6))
+        row["triton_resnet_norm2_max_abs_error"] = (fused_out.float() - fused_reference).abs().max().item()
+        for tile, warps, normalise in configs:
+            group_norm.TILE, group_norm.WARPS, group_norm.NORMALISE_TILE = tile, warps, normalise
+            name_of = f"tile{tile}_warps{warps}_normalise{normalise}"
             run = lambda x=x_last, w=weight, b=bias: group_norm_channels_last(x, 32, w, b, 1e-6)  # noqa: E731
-            row[f"triton_tile{tile}_warps{warps}_ms"] = milliseconds = graphed_ms(run)
-            totals[(tile, warps)] += milliseconds
-        row["triton_channels_last_ms"] = min(row[f"triton_tile{tile}_warps{warps}_ms"] for tile, warps in configs)
+            row[f"triton_{name_of}_ms"] = milliseconds = graphed_ms(run)
+            fused = lambda x=x_last, w=weight, b=bias, s=shifts: group_norm_channels_last(  # noqa: E731
+                x, 32, w, b, 1e-6, shifts=s, silu=True
+            )
+            row[f"triton_resnet_norm2_{name_of}_ms"] = fused_ms = graphed_ms(fused)
+            totals[(tile, warps, normalise)] += milliseconds + fused_ms
+        best = min(configs, key=lambda config: row[f"triton_tile{config[0]}_warps{config[1]}_normalise{config[2]}_ms"])
+        row["triton_channels_last_ms"] = row[f"triton_tile{best[0]}_warps{best[1]}_normalise{best[2]}_ms"]
+        row["triton_resnet_norm2_ms"] = min(
+            row[f"triton_resnet_norm2_tile{t}_warps{w}_normalise{n}_ms"] for t, w, n in configs
+        )
         row["speedup_vs_pytorch_channels_last"] = row["pytorch_channels_last_ms"] / row["triton_channels_last_ms"]
         report["shapes"][name] = row
         timed_keys = ("pytorch_nchw_ms", "pytorch_channels_last_ms", "triton_channels_last_ms")
@@ -98,12 +122,14 @@ def main() -> None:
         print(
             f"{name:22s} nchw {us['pytorch_nchw_ms']:7.1f} us  channels-last {us['pytorch_channels_last_ms']:7.1f} us"
             f"  triton {us['triton_channels_last_ms']:7.1f} us  x{row['speedup_vs_pytorch_channels_last']:.2f}"
-            f"  err {row['triton_max_abs_error']:.4f} (torch {row['pytorch_max_abs_error']:.4f})",
+            f"  err {row['triton_max_abs_error']:.4f} (torch {row['pytorch_max_abs_error']:.4f})"
+            f"  | resnet norm2: stock {row['pytorch_resnet_norm2_ms'] * 1000:7.1f} us"
+            f"  triton {row['triton_resnet_norm2_ms'] * 1000:7.1f} us",
             flush=True,
         )
-    for (tile, warps), total in sorted(totals.items(), key=lambda item: item[1]):
-        print(f"tile {tile:6d} warps {warps:2d}: {total * 1000:8.1f} us over all shapes")
-    report["totals_ms"] = {f"tile{tile}_warps{warps}": total for (tile, warps), total in totals.items()}
+    for (tile, warps, normalise), total in sorted(totals.items(), key=lambda item: item[1]):
+        print(f"tile {tile:6d} warps {warps:2d} normalise {normalise:6d}: {total * 1000:8.1f} us over all shapes")
+    report["totals_ms"] = {f"tile{t}_warps{w}_normalise{n}": total for (t, w, n), total in totals.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 

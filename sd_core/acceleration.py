@@ -16,8 +16,8 @@ engine share one memory pool, since they never run concurrently.
 Anything a graph cannot capture (a tensor off the GPU, a random generator or other object argument, a
 capture error) runs the plain module instead, so the fast path never changes what is computed, only how it
 is launched. The VAE is graphed below the level where diffusers passes the request's random generator
-(its encoder and decoder networks), and stays eager where SDXL pipelines recast it to fp32 around every
-call or VAE tiling varies the shapes.
+(its encoder and decoder networks), and stays eager where VAE tiling varies the shapes (or where an SDXL
+pipeline would still recast it to fp32 around every call, which sd_core/vae_precision.py prevents).
 
 One-time changes to the networks make the replayed kernels themselves faster: fused QKV projections (one
 matrix product instead of three), channels-last convolutions (cuDNN's fast fp16 kernels want NHWC), and,
@@ -59,6 +59,8 @@ from sd_core.channels_last import keep_transformer_outputs_channels_last
 from sd_core.errors import ValidationError
 from sd_core.geglu import use_fused_geglu
 from sd_core.group_norm import use_triton_group_norm
+from sd_core.resnet_block import use_fused_resnet_blocks
+from sd_core.vae_precision import recasts_vae
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +216,7 @@ class CudaGraphAccelerator:
             module.to(memory_format=torch.channels_last)
             keep_transformer_outputs_channels_last(module)
             if self._uses_triton_kernels(module):
+                use_fused_resnet_blocks(module)
                 use_triton_group_norm(module)
                 use_fused_geglu(module)
         self._prepared.add(id(module))
@@ -397,14 +400,14 @@ def graphable_modules(pipe: Any) -> list[torch.nn.Module]:
 def _vae_stays_put(pipe: Any) -> bool:
     """False where diffusers changes the VAE around each call, which would mean capturing again every request.
 
-    SDXL pipelines (those with ``upcast_vae``) recast the VAE to fp32 around every encode and decode when its
-    config asks for it (``force_upcast``: the SDXL VAE overflows in fp16); VAE tiling calls the networks on
-    tiles of several sizes, each a graph of its own.
+    SDXL pipelines recast a VAE whose config asks for it (``force_upcast``) to fp32 around every encode and
+    decode, unless sd_core made it fp32 for good (sd_core/vae_precision.py); VAE tiling calls the networks
+    on tiles of several sizes, each a graph of its own.
     """
     vae = getattr(pipe, "vae", None)
     if vae is None or getattr(vae, "use_tiling", False):
         return False
-    return not (hasattr(pipe, "upcast_vae") and getattr(vae.config, "force_upcast", False))
+    return not recasts_vae(pipe)
 
 
 def _is_denoiser(module: torch.nn.Module) -> bool:

@@ -26,27 +26,63 @@ import torch.nn.functional as F
 
 from sd_core.triton_support import KernelSwitch, route_forward
 
-# Elements (pixels x padded channels) of one tile a program holds in registers at a time, and the warps
-# that hold it: sizes measured on an H200 (benchmarks/group_norm_benchmark.py).
+# Elements (pixels x padded channels) of one tile a statistics program holds in registers at a time, and the
+# warps that hold it: sizes measured on an H200 (benchmarks/group_norm_benchmark.py).
 TILE = 16384
 WARPS = 4
+# The same for the normalising kernel, which with SiLU needs more registers per element: 4096 was the fastest of
+# 1024-16384 on an H100 (benchmarks/results/h100-2026-11-26-resnet-norms.json).
+NORMALISE_TILE = 4096
+NORMALISE_WARPS = 4
 # Statistics chunks per image: enough programs to fill the GPU, few enough for a group's merge to hold them.
 _MAX_CHUNKS = 64
 
 
 _SWITCH = KernelSwitch("GroupNorm")
+# Shifts added to the input before normalising: one per channel, one per image and channel (either None).
+Shifts = tuple[torch.Tensor | None, torch.Tensor | None]
 
 
 def group_norm(
-    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    shifts: Shifts = (None, None),
+    silu: bool = False,
 ) -> torch.Tensor:
-    """``F.group_norm`` with the same arguments, through the Triton kernels where they apply."""
+    """``F.group_norm`` with the same arguments, through the Triton kernels where they apply.
+
+    Optionally of ``x`` plus ``shifts`` (a (channels,) and an (images, channels) shift, either None; never
+    added to ``x`` itself), and followed by SiLU: what a ResNet block does around its GroupNorms
+    (sd_core/resnet_block.py).
+    """
     if _runs_in_triton(x, weight, bias):
         return _SWITCH.run(
-            lambda: group_norm_channels_last(x, num_groups, weight, bias, eps),  # type: ignore[arg-type]
-            lambda: F.group_norm(x, num_groups, weight, bias, eps),
+            lambda: group_norm_channels_last(x, num_groups, weight, bias, eps, shifts, silu),  # type: ignore[arg-type]
+            lambda: plain_group_norm(x, num_groups, weight, bias, eps, shifts, silu),
         )
-    return F.group_norm(x, num_groups, weight, bias, eps)
+    return plain_group_norm(x, num_groups, weight, bias, eps, shifts, silu)
+
+
+def plain_group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    shifts: Shifts = (None, None),
+    silu: bool = False,
+) -> torch.Tensor:
+    """PyTorch's arithmetic for ``group_norm``: the fallback, and the reference the kernels are held to."""
+    channel_shift, image_shift = shifts
+    if channel_shift is not None:
+        x = x + channel_shift[:, None, None]
+    if image_shift is not None:
+        x = x + image_shift[:, :, None, None]
+    normalised = F.group_norm(x, num_groups, weight, bias, eps)
+    return F.silu(normalised) if silu else normalised
 
 
 def use_triton_group_norm(module: torch.nn.Module) -> int:
@@ -71,34 +107,56 @@ def _runs_in_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
 
 
 def group_norm_channels_last(
-    x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    shifts: Shifts = (None, None),
+    silu: bool = False,
 ) -> torch.Tensor:
-    """Group-normalise a channels-last (N, C, H, W) tensor; the result is channels-last too."""
+    """Group-normalise a channels-last (N, C, H, W) tensor (plus ``shifts``, then SiLU if asked); the result
+    is channels-last too."""
     images, channels, height, width = x.shape
     if channels % num_groups:
         raise ValueError(f"{channels} channels do not split into {num_groups} groups")
     pixels = height * width
     group_size = channels // num_groups
     channels_block = _next_power_of_two(channels)
-    rows_block = 1 << (max(1, TILE // channels_block).bit_length() - 1)  # a power of two
+    rows_block = _rows_per_tile(TILE, channels_block)
     tiles = -(-pixels // rows_block)
     chunk_rows = rows_block * -(-tiles // _MAX_CHUNKS)
     chunks = -(-pixels // chunk_rows)
 
     from sd_core import triton_kernels as kernels
 
-    layout = {"CHANNELS_BLOCK": channels_block, "ROWS_BLOCK": rows_block, "num_warps": WARPS}
     statistics = torch.empty((2, images, chunks, channels), device=x.device, dtype=torch.float32)
-    kernels.chunk_statistics[(chunks, images)](x, statistics[0], statistics[1], pixels, channels, chunk_rows, **layout)
+    kernels.chunk_statistics[(chunks, images)](
+        x, statistics[0], statistics[1], pixels, channels, chunk_rows, CHANNELS_BLOCK=channels_block,
+        ROWS_BLOCK=rows_block, num_warps=WARPS,
+    )  # fmt: skip
     scale_and_shift = torch.empty((2, images, channels), device=x.device, dtype=torch.float32)
+    channel_shift, image_shift = shifts
+    if image_shift is not None:
+        image_shift = image_shift.contiguous()
     kernels.merge[(num_groups, images)](
-        statistics[0], statistics[1], weight, bias, scale_and_shift[0], scale_and_shift[1], pixels, channels,
-        group_size, chunk_rows, chunks, eps, CHUNKS_BLOCK=_next_power_of_two(chunks),
-        MEMBER_BLOCK=_next_power_of_two(group_size),
+        statistics[0], statistics[1], weight, bias, channel_shift, image_shift, scale_and_shift[0],
+        scale_and_shift[1], pixels, channels, group_size, chunk_rows, chunks, eps,
+        CHUNKS_BLOCK=_next_power_of_two(chunks), MEMBER_BLOCK=_next_power_of_two(group_size),
+        HAS_CHANNEL_SHIFT=channel_shift is not None, HAS_IMAGE_SHIFT=image_shift is not None,
     )  # fmt: skip
     out = torch.empty_like(x)  # keeps the channels-last layout
-    kernels.normalise[(tiles, images)](x, out, scale_and_shift[0], scale_and_shift[1], pixels, channels, **layout)
+    normalise_rows = _rows_per_tile(NORMALISE_TILE, channels_block)
+    kernels.normalise[(-(-pixels // normalise_rows), images)](
+        x, out, scale_and_shift[0], scale_and_shift[1], pixels, channels, CHANNELS_BLOCK=channels_block,
+        ROWS_BLOCK=normalise_rows, SILU=silu, num_warps=NORMALISE_WARPS,
+    )  # fmt: skip
     return out
+
+
+def _rows_per_tile(tile: int, channels_block: int) -> int:
+    """Pixel rows of a tile of about ``tile`` elements: a power of two, at least one."""
+    return 1 << (max(1, tile // channels_block).bit_length() - 1)
 
 
 def _next_power_of_two(value: int) -> int:

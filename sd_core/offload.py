@@ -5,8 +5,8 @@ SD1.x/SD2.x: diffusers' model offload (each whole network moves to the GPU when 
 img2img 512²: 3.8 GiB reserved, 156 ms a step; streaming layer by layer: 2.2 GiB, 182 ms a step).
 SDXL: the UNet and a ControlNet alone are 7.6 GB in fp16, so whole-model offload cannot fit 8 GiB
 (it ran out of memory under that cap). Instead each layer's weights are copied to the GPU just before
-it runs, the next layer's copy overlapping the current layer's work on a side stream. The VAE (160 MB)
-stays whole on the GPU: SDXL pipelines recast it to fp32 around each decode, which layer hooks do not follow.
+it runs, the next layer's copy overlapping the current layer's work on a side stream. The VAE
+(320 MB in fp32: sd_core/vae_precision.py) stays whole on the GPU: called twice a request, it gains nothing from hooks.
 """
 
 from __future__ import annotations

@@ -46,19 +46,31 @@ def chunk_statistics(
 
 @triton.jit
 def merge(
-    mean_ptr, deviation_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr, pixels, channels, group_size, chunk_rows,
-    chunks, eps, CHUNKS_BLOCK: tl.constexpr, MEMBER_BLOCK: tl.constexpr,
+    mean_ptr, deviation_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, scale_ptr, shift_ptr, pixels,
+    channels, group_size, chunk_rows, chunks, eps, CHUNKS_BLOCK: tl.constexpr, MEMBER_BLOCK: tl.constexpr,
+    HAS_CHANNEL_SHIFT: tl.constexpr, HAS_IMAGE_SHIFT: tl.constexpr,
 ):  # fmt: skip
     """One group of one image: merge its channels' chunk statistics, fold in the affine weights as a
-    per-channel scale and shift (so normalising is one multiply-add per element)."""
+    per-channel scale and shift (so normalising is one multiply-add per element).
+
+    With input shifts (one per channel, one per image and channel) the group normalised is ``x`` plus them:
+    a shift moves each channel's mean, not its deviations, and joins the affine shift, so it is never added
+    to ``x`` itself.
+    """
     group = tl.program_id(0)
     image = tl.program_id(1)
     chunk = tl.arange(0, CHUNKS_BLOCK)[:, None]
     member = tl.arange(0, MEMBER_BLOCK)
     channel = group * group_size + member
-    present = (chunk < chunks) & (member[None, :] < group_size)
+    in_group = member < group_size
+    present = (chunk < chunks) & in_group[None, :]
     at = (image * chunks + chunk) * channels + channel[None, :]
-    chunk_mean = tl.load(mean_ptr + at, mask=present, other=0.0)
+    input_shift = tl.zeros([MEMBER_BLOCK], dtype=tl.float32)
+    if HAS_CHANNEL_SHIFT:
+        input_shift += tl.load(channel_shift_ptr + channel, mask=in_group, other=0.0).to(tl.float32)
+    if HAS_IMAGE_SHIFT:
+        input_shift += tl.load(image_shift_ptr + image * channels + channel, mask=in_group, other=0.0).to(tl.float32)
+    chunk_mean = tl.load(mean_ptr + at, mask=present, other=0.0) + input_shift[None, :]
     chunk_deviation = tl.load(deviation_ptr + at, mask=present, other=0.0)
     chunk_count = tl.where(present, tl.minimum(pixels - chunk * chunk_rows, chunk_rows).to(tl.float32), 0.0)
     total = (pixels * group_size).to(tl.float32)
@@ -66,18 +78,19 @@ def merge(
     spread = chunk_mean - mean
     variance = (tl.sum(tl.sum(chunk_deviation + chunk_count * spread * spread, axis=1), axis=0)) / total
     inverse_std = 1.0 / tl.sqrt(variance + eps)
-    in_group = member < group_size
     scale = tl.load(weight_ptr + channel, mask=in_group, other=0.0).to(tl.float32) * inverse_std
-    shift = tl.load(bias_ptr + channel, mask=in_group, other=0.0).to(tl.float32) - mean * scale
+    shift = tl.load(bias_ptr + channel, mask=in_group, other=0.0).to(tl.float32) + (input_shift - mean) * scale
     tl.store(scale_ptr + image * channels + channel, scale, mask=in_group)
     tl.store(shift_ptr + image * channels + channel, shift, mask=in_group)
 
 
 @triton.jit
 def normalise(
-    x_ptr, out_ptr, scale_ptr, shift_ptr, pixels, channels, CHANNELS_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr
-):
-    """One tile of pixel rows: x * scale + shift per channel, in fp32, stored in the input's precision."""
+    x_ptr, out_ptr, scale_ptr, shift_ptr, pixels, channels, CHANNELS_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr,
+    SILU: tl.constexpr,
+):  # fmt: skip
+    """One tile of pixel rows: x * scale + shift per channel (then SiLU if asked), in fp32, stored in the
+    input's precision."""
     row = tl.program_id(0) * ROWS_BLOCK + tl.arange(0, ROWS_BLOCK)[:, None]
     image = tl.program_id(1)
     channel = tl.arange(0, CHANNELS_BLOCK)
@@ -87,7 +100,10 @@ def normalise(
     mask = (row < pixels) & in_image[None, :]
     where = image.to(tl.int64) * pixels * channels + row.to(tl.int64) * channels + channel[None, :]
     tile = tl.load(x_ptr + where, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + where, (tile * scale + shift).to(out_ptr.dtype.element_ty), mask=mask)
+    normalised = tile * scale + shift
+    if SILU:
+        normalised = normalised * tl.sigmoid(normalised)
+    tl.store(out_ptr + where, normalised.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

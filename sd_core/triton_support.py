@@ -18,8 +18,14 @@ log = logging.getLogger(__name__)
 Output = TypeVar("Output")
 
 
-def route_forward(module: torch.nn.Module, layer_type: type, forward: Callable[..., Any]) -> int:
-    """Shadow ``forward`` of every ``layer_type`` inside ``module`` with ``forward(layer, ...)``; returns how many.
+def route_forward(
+    module: torch.nn.Module,
+    layer_type: type,
+    forward: Callable[..., Any],
+    applies: Callable[[Any], bool] = lambda layer: True,
+) -> int:
+    """Shadow ``forward`` of every ``layer_type`` inside ``module`` for which ``applies(layer)`` with
+    ``forward(layer, ...)``; returns how many.
 
     Only where Triton is present; the forward is set on each instance, so the module tree, its weights and its
     state dict stay untouched, and a layer already routed is left as it is.
@@ -28,7 +34,7 @@ def route_forward(module: torch.nn.Module, layer_type: type, forward: Callable[.
         return 0
     routed = 0
     for layer in module.modules():
-        if isinstance(layer, layer_type) and "forward" not in layer.__dict__:
+        if isinstance(layer, layer_type) and "forward" not in layer.__dict__ and applies(layer):
             layer.forward = functools.partial(forward, layer)
             routed += 1
     return routed

@@ -207,7 +207,8 @@ def test_deferred_previews_hand_over_the_previous_step():
 
 
 def test_vae_graphed_where_its_weights_stay_put(tiny_models):
-    """SD1's VAE encoder and decoder are graphed; SDXL's recasts to fp32 around each call, VAE tiling varies shapes."""
+    """SD1's VAE encoder and decoder are graphed; stock SDXL's is recast to fp32 around each call (until
+    sd_core/vae_precision.py makes it fp32 for good: test_vae_precision.py); VAE tiling varies shapes."""
     engine = Engine(EngineSettings(device="cpu", acceleration="off"))
     sd1 = engine.cache.base_pipeline(str(tiny_models["sd1"]))[0]
     names = [type(module).__name__ for module in graphable_modules(sd1)]

@@ -183,3 +183,25 @@ def test_switching_modes_keeps_the_chosen_precision(tiny_models):
     base, _ = engine.cache.base_pipeline(model)
     assert {base.unet.dtype, base.vae.dtype, base.text_encoder.dtype} == {torch.bfloat16}
     assert engine.cache.controlnet(control).dtype == torch.bfloat16
+
+
+def test_reused_pipelines_and_schedulers_give_what_a_fresh_engine_gives(tiny_models):
+    """Mode pipelines and schedulers are kept between requests; no state may leak from one request into the next."""
+    model, control = str(tiny_models["sd1"]), str(tiny_models["sd1_controlnet"])
+    engine = Engine(EngineSettings(device="cpu"))
+    first = engine.generate(make_request(model, "img2img", control, scheduler="euler")).images[0].pixels
+    multistep = engine.generate(make_request(model, "img2img", control, scheduler="dpmpp_2m", steps=4))
+    with pytest.raises(CancelledError):  # leaves a second-order scheduler half-way through
+        engine.generate(
+            make_request(model, "img2img", control, scheduler="heun", steps=4),
+            on_progress=lambda progress: None,
+            should_cancel=iter([False, False, True]).__next__,
+        )
+    again = engine.generate(make_request(model, "img2img", control, scheduler="euler")).images[0].pixels
+    np.testing.assert_array_equal(first, again)
+    fresh = Engine(EngineSettings(device="cpu"))
+    expected = fresh.generate(make_request(model, "img2img", control, scheduler="dpmpp_2m", steps=4))
+    np.testing.assert_array_equal(multistep.images[0].pixels, expected.images[0].pixels)
+    heun = engine.generate(make_request(model, "img2img", control, scheduler="heun", steps=4)).images[0].pixels
+    fresh_heun = fresh.generate(make_request(model, "img2img", control, scheduler="heun", steps=4)).images[0].pixels
+    np.testing.assert_array_equal(heun, fresh_heun)

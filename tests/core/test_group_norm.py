@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sd_core import group_norm as group_norm_module
-from sd_core.group_norm import group_norm, group_norm_channels_last, use_triton_group_norm
+from sd_core.group_norm import group_norm, group_norm_channels_last, plain_group_norm, use_triton_group_norm
 from sd_core.triton_support import KernelSwitch, triton_available
 
 
@@ -38,6 +38,25 @@ def test_matches_pytorch_group_norm(shape, groups):
     got = group_norm_channels_last(x, groups, weight, bias, 1e-5)
     torch.testing.assert_close(got, F.group_norm(x.contiguous(), groups, weight, bias, 1e-5), atol=5e-5, rtol=1e-5)
     assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shifted", ["none", "channel", "image", "both"])
+@pytest.mark.parametrize("silu", [False, True])
+def test_input_shifts_and_silu_match_adding_then_activating(shifted, silu, monkeypatch):
+    """What a ResNet block folds into its second GroupNorm: conv1's bias and the time embedding, then SiLU."""
+    monkeypatch.setattr(group_norm_module, "NORMALISE_TILE", 512)  # several normalising programs an image
+    x = channels_last((2, 320, 8, 8), offset=1.5)
+    generator = torch.Generator().manual_seed(2)
+    weight, bias = torch.randn(320, generator=generator), torch.randn(320, generator=generator)
+    channel_shift = torch.randn(320, generator=generator) * 4 if shifted in ("channel", "both") else None
+    image_shift = torch.randn(2, 320, generator=generator) * 4 if shifted in ("image", "both") else None
+    shifts = (channel_shift, image_shift)
+    got = group_norm_channels_last(x, 32, weight, bias, 1e-5, shifts=shifts, silu=silu)
+    expected = plain_group_norm(x.contiguous(), 32, weight, bias, 1e-5, shifts=shifts, silu=silu)
+    torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
+    total = sum((shift.reshape(-1, 320, 1, 1) for shift in shifts if shift is not None), torch.zeros(1, 320, 1, 1))
+    reference = F.group_norm(x + total, 32, weight, bias, 1e-5)
+    torch.testing.assert_close(expected, F.silu(reference) if silu else reference)
 
 
 def test_chunks_of_several_tiles_merge_to_the_same_statistics(monkeypatch):

@@ -1,0 +1,64 @@
+"""ResNet blocks with fewer passes over memory: SiLU inside the GroupNorms, the time embedding inside the second.
+
+Why: once GroupNorm stopped changing layouts (sd_core/group_norm.py), a step's largest remaining
+memory-bound work sat in diffusers' ``ResnetBlock2D``: around its two convolutions it adds conv1's bias
+(PyTorch adds a convolution's bias in a kernel of its own after cuDNN's channels-last convolution), adds
+the time embedding, applies SiLU twice and divides by ``output_scale_factor`` (1.0). That is five passes
+over a full activation doing almost no arithmetic (benchmarks/results/h100-2026-11-26-fused-ops.txt).
+
+How: conv1 runs without its bias. Its bias plus the projected time embedding, an (images, channels)
+shift, enters the second GroupNorm's statistics and affine terms instead of the tensor (a per-channel
+shift moves a channel's mean, not its deviations). Both GroupNorms apply SiLU as they write, and the
+division is skipped when the factor is 1. Same arithmetic, in fp32 inside the kernels, rounded to half
+precision fewer times than stock. Blocks of another shape (up- or down-sampling, scale-shift time
+embedding, another activation) keep diffusers' forward; without the Triton kernels (CPU, no Triton, a
+kernel that fails to build) the GroupNorms run PyTorch's arithmetic on the same restructured block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.models.resnet import ResnetBlock2D
+
+from sd_core.group_norm import group_norm
+from sd_core.triton_support import route_forward
+
+
+def use_fused_resnet_blocks(module: torch.nn.Module) -> int:
+    """Route every plain ``ResnetBlock2D`` inside ``module`` through ``fused_forward``; returns how many."""
+    return route_forward(module, ResnetBlock2D, fused_forward, applies=is_plain)
+
+
+def is_plain(block: ResnetBlock2D) -> bool:
+    """The block shape the fused forward reproduces: GroupNorm -> SiLU -> conv, twice, with an additive time
+    embedding, and no up- or down-sampling inside the block."""
+    return (
+        block.upsample is None
+        and block.downsample is None
+        and block.time_embedding_norm == "default"
+        and isinstance(block.nonlinearity, torch.nn.SiLU)
+        and all(isinstance(norm, torch.nn.GroupNorm) and norm.affine for norm in (block.norm1, block.norm2))
+        and block.conv1.bias is not None
+    )
+
+
+def fused_forward(
+    block: ResnetBlock2D, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    """``ResnetBlock2D.forward`` (same arguments, same result) with the shift and SiLUs folded into the norms."""
+    if block.training:
+        return ResnetBlock2D.forward(block, input_tensor, temb, *args, **kwargs)
+    norm1, norm2, conv1 = block.norm1, block.norm2, block.conv1
+    hidden = group_norm(input_tensor, norm1.num_groups, norm1.weight, norm1.bias, norm1.eps, silu=True)
+    hidden = conv1._conv_forward(hidden, conv1.weight, None)  # the instance's own padding (seamless tiling)
+    time_shift = None
+    if block.time_emb_proj is not None and temb is not None:
+        time_shift = block.time_emb_proj(temb if block.skip_time_act else block.nonlinearity(temb))
+    shifts = (conv1.bias, time_shift)
+    hidden = group_norm(hidden, norm2.num_groups, norm2.weight, norm2.bias, norm2.eps, shifts=shifts, silu=True)
+    hidden = block.conv2(block.dropout(hidden))
+    shortcut = input_tensor if block.conv_shortcut is None else block.conv_shortcut(input_tensor)
+    output = shortcut + hidden
+    return output if block.output_scale_factor == 1.0 else output / block.output_scale_factor
