@@ -355,22 +355,58 @@ def preview_gpu_ms(family: str) -> dict[str, float]:
 
 
 def profile_request(case: Case, out: Path, **paths) -> None:
-    """Where one warm accelerated request spends host and GPU time: the per-request overhead, itemised."""
-    from torch.profiler import ProfilerActivity, profile
+    """Where one warm accelerated request spends host and GPU time: the per-request overhead, itemised.
+
+    Besides the operator tables, a timeline summary: when the GPU works and when it waits for the host
+    (idle gaps, with their offset from the request's start), from the profiler's trace.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     holder, run = sd_core_runner(case, **paths)
     timed(run, 2, case.steps)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler, record_function("request"):
         timed(run, 1, case.steps)
     table = profiler.key_averages()
     out.write_text(
-        table.table(sort_by="cpu_time_total", row_limit=40)
+        timeline_summary(profiler)
+        + "\n"
+        + table.table(sort_by="cpu_time_total", row_limit=40)
         + "\n"
         + table.table(sort_by="cuda_time_total", row_limit=40)
     )
     release(holder)
     del holder, run
     free_gpu()
+
+
+def timeline_summary(profiler: Any, gap_us: float = 100.0) -> str:
+    """The request's wall time, the GPU's busy time within it, and every GPU idle gap longer than ``gap_us``."""
+    with tempfile.TemporaryDirectory() as folder:
+        trace_file = Path(folder) / "trace.json"
+        profiler.export_chrome_trace(str(trace_file))
+        events = json.loads(trace_file.read_text())["traceEvents"]
+    request = next(event for event in events if (event.get("name"), event.get("cat")) == ("request", "user_annotation"))
+    start, end = request["ts"], request["ts"] + request["dur"]
+    busy = sorted(
+        (event["ts"], event["ts"] + event["dur"])
+        for event in events
+        if event.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and start <= event["ts"] <= end
+    )
+    merged: list[list[float]] = []
+    for begin, finish in busy:
+        if merged and begin <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], finish)
+        else:
+            merged.append([begin, finish])
+    busy_us = sum(finish - begin for begin, finish in merged)
+    edges = [start, *(time for interval in merged for time in interval), end]
+    gaps = [(edges[i], edges[i + 1]) for i in range(0, len(edges) - 1, 2) if edges[i + 1] - edges[i] > gap_us]
+    lines = [
+        f"request {(end - start) / 1000:.2f} ms wall, GPU busy {busy_us / 1000:.2f} ms, "
+        f"idle {(end - start - busy_us) / 1000:.2f} ms; idle gaps over {gap_us:.0f} us (offset from start: length):"
+    ]
+    lines += [f"  at {(begin - start) / 1000:8.2f} ms: {(finish - begin) / 1000:6.2f} ms" for begin, finish in gaps]
+    return "\n".join(lines) + "\n"
 
 
 def difference(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:

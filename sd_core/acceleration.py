@@ -55,7 +55,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-from sd_core.channels_last import keep_transformer_outputs_channels_last
+from sd_core.channels_last import keep_transformer_outputs_channels_last, use_matmuls_for_pointwise_convolutions
 from sd_core.errors import ValidationError
 from sd_core.geglu import use_fused_geglu
 from sd_core.group_norm import use_triton_group_norm
@@ -215,6 +215,7 @@ class CudaGraphAccelerator:
         if self.channels_last and _has_convolutions(module):
             module.to(memory_format=torch.channels_last)
             keep_transformer_outputs_channels_last(module)
+            use_matmuls_for_pointwise_convolutions(module)
             if self._uses_triton_kernels(module):
                 use_fused_resnet_blocks(module)
                 use_triton_group_norm(module)

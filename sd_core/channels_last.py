@@ -1,4 +1,4 @@
-"""Keep activations channels-last through diffusers' transformer blocks.
+"""Keep activations channels-last through diffusers' transformer blocks, and run 1x1 convolutions as matmuls.
 
 Why: ``Transformer2DModel`` ends with ``.permute(0, 3, 1, 2).contiguous()`` before (or after) its output
 projection, which turns the channels-last activations into NCHW; the next convolution converts them back.
@@ -9,6 +9,11 @@ convolution and the residual add want, so the copy buys nothing on the accelerat
 How: the block's output step is shadowed on the instance by the same arithmetic without the copy. It is a
 private diffusers method, so it is only replaced where its signature is the one this was written against
 (diffusers 0.42); any other version keeps its own, which is slower, never wrong.
+
+1x1 convolutions (transformer projections in SD1.x, ResNet shortcuts, ControlNet zero convolutions): on a
+channels-last tensor such a convolution is a matrix product over pixel rows. PyTorch adds a convolution's
+bias in a kernel of its own after cuDNN's; as ``F.linear`` the bias rides in the product's epilogue. About
+70 passes over an activation a step fewer for SD1.5 + ControlNet.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import functools
 import inspect
 
 import torch
+import torch.nn.functional as F
 
 _OUTPUT_STEP = "_get_output_for_continuous_inputs"
 _EXPECTED_PARAMETERS = ["self", "hidden_states", "residual", "batch_size", "height", "width", "inner_dim"]
@@ -55,3 +61,39 @@ def _output_step(
         hidden_states = hidden_states.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
         hidden_states = block.proj_out(hidden_states)
     return hidden_states + residual
+
+
+def use_matmuls_for_pointwise_convolutions(module: torch.nn.Module) -> int:
+    """Route every 1x1 convolution inside ``module`` through ``pointwise_convolution``; returns how many."""
+    routed = 0
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Conv2d) and is_pointwise(layer) and "forward" not in layer.__dict__:
+            layer.forward = functools.partial(_pointwise_forward, layer)
+            routed += 1
+    return routed
+
+
+def is_pointwise(conv: torch.nn.Conv2d) -> bool:
+    """A 1x1 convolution that mixes channels only: one pixel in, one pixel out, one group."""
+    return (
+        tuple(conv.kernel_size) == (1, 1)
+        and tuple(conv.stride) == (1, 1)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.padding in ((0, 0), "valid")
+        and conv.groups == 1
+    )
+
+
+def _pointwise_forward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return pointwise_convolution(conv, x, conv.bias)
+
+
+def pointwise_convolution(conv: torch.nn.Conv2d, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A pointwise ``conv`` of ``x`` with ``bias`` in place of the layer's own.
+
+    Channels-last input: one matrix product over pixel rows, bias in its epilogue, result channels-last.
+    Any other layout: the convolution itself.
+    """
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        return conv._conv_forward(x, conv.weight, bias)
+    return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), bias).permute(0, 3, 1, 2)

@@ -25,6 +25,7 @@ from sd_core.memory import check_fits
 from sd_core.models import ModelCache, ModelInfo
 from sd_core.offload import enable_offload
 from sd_core.preview import PreviewRelay
+from sd_core.prompts import PromptEmbeddings
 from sd_core.request import EngineSettings, GeneratedImage, GenerationRequest, Mode, Progress, Result
 from sd_core.schedulers import make_scheduler
 from sd_core.tiling import seamless
@@ -68,11 +69,13 @@ class Engine:
         # Mode pipelines over the cached modules, by (model, pipeline class, ControlNets); schedulers by (model, name)
         self._pipelines: dict[tuple[str, str, tuple[str, ...]], Any] = {}
         self._schedulers: dict[tuple[str, str], Any] = {}
+        self._prompts = PromptEmbeddings()
 
     def unload(self) -> None:
         """Free every loaded model from host and GPU memory."""
         self._pipelines.clear()
         self._schedulers.clear()
+        self._prompts.clear()
         self.accelerator.reset()
         self.cache.unload()
 
@@ -202,20 +205,23 @@ class Engine:
         if should_cancel is not None and should_cancel():
             raise CancelledError("Generation cancelled.")
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        words = self._prompts.arguments(
+            pipe, request.model, request.prompt, request.negative_prompt, guidance=request.guidance > 1.0
+        )
         output = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
+            **words,
             num_inference_steps=request.steps,
             guidance_scale=request.guidance,
             generator=generator,
             width=padded_w,
             height=padded_h,
-            output_type="np",
+            output_type="pt",  # to float32 pixels on the device, not in numpy on the host
             callback_on_step_end=on_step_end,
             callback_on_step_end_tensor_inputs=["latents"],
             **inputs,
         )
-        return images.crop(np.asarray(output.images[0], dtype=np.float32), width, height)
+        pixels = output.images[0].float().permute(1, 2, 0).contiguous().cpu().numpy()
+        return images.crop(pixels, width, height)
 
 
 @functools.cache

@@ -12,6 +12,8 @@ whose copy has finished by then (or finishes while the GPU already works on the 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -26,6 +28,14 @@ _SDXL_FACTORS = (
 _SDXL_BIAS = (0.1084, -0.0175, -0.0011)
 
 
+@functools.cache
+def _latent_to_rgb(family: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The map's factors and bias on ``device``, made once per process: building them from Python lists is
+    a host-to-device copy from pageable memory, which waits for all queued GPU work."""
+    factors, bias = (_SDXL_FACTORS, _SDXL_BIAS) if family == "sdxl" else (_SD1_FACTORS, _SD1_BIAS)
+    return torch.tensor(factors, device=device), torch.tensor(bias, device=device)
+
+
 class PreviewRelay:
     """Turns each step's latents into a preview; on a GPU without making the host wait for that step.
 
@@ -36,7 +46,6 @@ class PreviewRelay:
     def __init__(self, family: str, deferred: bool) -> None:
         self.family = family
         self.deferred = deferred
-        self._map: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
 
     def handover(self, latents: torch.Tensor) -> np.ndarray | None:
@@ -60,10 +69,6 @@ class PreviewRelay:
         return previous_host.numpy()
 
     def _to_rgb(self, latents: torch.Tensor) -> torch.Tensor:
-        if self._map is None:
-            # Made once: building them from Python lists each step is a blocking host-to-device copy.
-            factors, bias = (_SDXL_FACTORS, _SDXL_BIAS) if self.family == "sdxl" else (_SD1_FACTORS, _SD1_BIAS)
-            self._map = (torch.tensor(factors, device=latents.device), torch.tensor(bias, device=latents.device))
-        weight, offset = self._map
+        weight, offset = _latent_to_rgb(self.family, latents.device)
         rgb = torch.einsum("chw,cr->hwr", latents[0, :4].float(), weight) + offset
         return (rgb.clamp(-1.0, 1.0) + 1.0) * 0.5

@@ -8,8 +8,9 @@ over a full activation doing almost no arithmetic (benchmarks/results/h100-2026-
 
 How: conv1 runs without its bias. Its bias plus the projected time embedding, an (images, channels)
 shift, enters the second GroupNorm's statistics and affine terms instead of the tensor (a per-channel
-shift moves a channel's mean, not its deviations). Both GroupNorms apply SiLU as they write, and the
-division is skipped when the factor is 1. Same arithmetic, in fp32 inside the kernels, rounded to half
+shift moves a channel's mean, not its deviations). Both GroupNorms apply SiLU as they write, conv2's bias
+joins a 1x1 shortcut's (one matrix product, sd_core/channels_last.py), and the division is skipped when the
+factor is 1. Same arithmetic, in fp32 inside the kernels, rounded to half
 precision fewer times than stock. Blocks of another shape (up- or down-sampling, scale-shift time
 embedding, another activation) keep diffusers' forward; without the Triton kernels (CPU, no Triton, a
 kernel that fails to build) the GroupNorms run PyTorch's arithmetic on the same restructured block.
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from diffusers.models.resnet import ResnetBlock2D
 
+from sd_core.channels_last import is_pointwise, pointwise_convolution
 from sd_core.group_norm import group_norm
 from sd_core.triton_support import route_forward
 
@@ -58,7 +60,15 @@ def fused_forward(
         time_shift = block.time_emb_proj(temb if block.skip_time_act else block.nonlinearity(temb))
     shifts = (conv1.bias, time_shift)
     hidden = group_norm(hidden, norm2.num_groups, norm2.weight, norm2.bias, norm2.eps, shifts=shifts, silu=True)
-    hidden = block.conv2(block.dropout(hidden))
-    shortcut = input_tensor if block.conv_shortcut is None else block.conv_shortcut(input_tensor)
+    hidden = block.dropout(hidden)
+    conv2, shortcut_conv = block.conv2, block.conv_shortcut
+    if shortcut_conv is None:
+        hidden, shortcut = conv2(hidden), input_tensor
+    elif is_pointwise(shortcut_conv) and shortcut_conv.bias is not None and conv2.bias is not None:
+        # conv2's bias rides in the shortcut's matrix product (channels_last.py) instead of a pass of its own
+        hidden = conv2._conv_forward(hidden, conv2.weight, None)
+        shortcut = pointwise_convolution(shortcut_conv, input_tensor, bias=shortcut_conv.bias + conv2.bias)
+    else:
+        hidden, shortcut = conv2(hidden), shortcut_conv(input_tensor)
     output = shortcut + hidden
     return output if block.output_scale_factor == 1.0 else output / block.output_scale_factor

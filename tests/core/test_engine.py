@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -205,3 +207,49 @@ def test_reused_pipelines_and_schedulers_give_what_a_fresh_engine_gives(tiny_mod
     heun = engine.generate(make_request(model, "img2img", control, scheduler="heun", steps=4)).images[0].pixels
     fresh_heun = fresh.generate(make_request(model, "img2img", control, scheduler="heun", steps=4)).images[0].pixels
     np.testing.assert_array_equal(heun, fresh_heun)
+
+
+def test_prompt_embeddings_are_reused_only_for_the_same_words(tiny_models):
+    model = str(tiny_models["sd1"])
+    engine = Engine(EngineSettings(device="cpu"))
+    first = engine.generate(make_request(model, "txt2img", negative_prompt="blurry")).images[0].pixels
+    other_negative = engine.generate(make_request(model, "txt2img", negative_prompt="dark")).images[0].pixels
+    other_prompt = engine.generate(make_request(model, "txt2img", prompt="a brick", negative_prompt="blurry"))
+    again = engine.generate(make_request(model, "txt2img", negative_prompt="blurry")).images[0].pixels
+    assert not np.array_equal(first, other_negative)
+    assert not np.array_equal(first, other_prompt.images[0].pixels)
+    np.testing.assert_array_equal(first, again)
+    fresh = Engine(EngineSettings(device="cpu")).generate(make_request(model, "inpaint", negative_prompt="blurry"))
+    reused = engine.generate(make_request(model, "inpaint", negative_prompt="blurry"))  # another mode, same words
+    np.testing.assert_array_equal(fresh.images[0].pixels, reused.images[0].pixels)
+
+
+def test_the_engine_computes_what_stock_diffusers_computes(tiny_models):
+    """Everything the engine does around the pipeline (kept pipelines, prompt embeddings, input and output
+    conversions) leaves the arithmetic alone: SD1 + ControlNet img2img with a negative prompt, against
+    diffusers called the documented way."""
+    import diffusers
+
+    from sd_core.schedulers import make_scheduler
+
+    model, control = tiny_models["sd1"], tiny_models["sd1_controlnet"]
+    request = make_request(model, "img2img", control, negative_prompt="blurry", strength=0.6, steps=4)
+    request = dataclasses.replace(request, scheduler="euler", guidance=5.0)
+    got = Engine(EngineSettings(device="cpu")).generate(request).images[0].pixels
+    stock = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        model, controlnet=diffusers.ControlNetModel.from_pretrained(control), safety_checker=None
+    )
+    stock.scheduler = make_scheduler("euler", stock.scheduler.config)
+    stock.set_progress_bar_config(disable=True)
+    expected = stock(
+        prompt=request.prompt,
+        negative_prompt="blurry",
+        image=request.image[None],
+        control_image=request.controls[0].image[None],
+        strength=0.6,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        generator=torch.Generator("cpu").manual_seed(7),
+        output_type="np",
+    ).images[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)

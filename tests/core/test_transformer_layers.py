@@ -8,7 +8,11 @@ import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-from sd_core.channels_last import keep_transformer_outputs_channels_last
+from sd_core.channels_last import (
+    keep_transformer_outputs_channels_last,
+    pointwise_convolution,
+    use_matmuls_for_pointwise_convolutions,
+)
 from sd_core.geglu import geglu, plain_geglu, use_fused_geglu
 
 
@@ -71,3 +75,28 @@ def test_a_different_diffusers_output_step_is_left_alone():
     module = FutureTransformer()
     assert keep_transformer_outputs_channels_last(module) == 0
     assert "_get_output_for_continuous_inputs" not in module.__dict__
+
+
+def test_pointwise_convolutions_run_as_matrix_products_with_the_same_values():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 16, 1),  # pointwise: routed
+        torch.nn.Conv2d(16, 16, 3, padding=1),  # not
+        torch.nn.Conv2d(16, 4, 1, bias=False),  # pointwise without bias: routed
+        torch.nn.Conv2d(4, 4, 1, stride=2),  # strided: not
+    ).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 5, 7)
+    expected = model(x)
+    assert use_matmuls_for_pointwise_convolutions(model) == 2
+    assert use_matmuls_for_pointwise_convolutions(model) == 0
+    channels_last_input = x.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(channels_last_input), expected, atol=1e-5, rtol=1e-5)
+    assert model[0](channels_last_input).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(x), expected)  # NCHW input: the convolutions themselves
+    other_bias = torch.randn(16)
+    torch.testing.assert_close(
+        pointwise_convolution(model[0], channels_last_input, other_bias),
+        torch.nn.functional.conv2d(x, model[0].weight, other_bias),
+        atol=1e-5,
+        rtol=1e-5,
+    )
