@@ -24,10 +24,12 @@ matrix product instead of three), channels-last convolutions (cuDNN's fast fp16 
 so that activations stay channels-last between convolutions: GroupNorm in Triton that reads and writes
 channels-last (PyTorch's converts to NCHW and back around each of the ~100 GroupNorms of a step:
 sd_core/group_norm.py), transformer blocks that return their channels-last view instead of an NCHW copy
-(sd_core/channels_last.py), and a one-pass GEGLU in Triton (sd_core/geglu.py). Marginal cost of a step,
-SD1.5 + ControlNet img2img at 512² on an H100: 17.9 ms with graphs alone, 14.2 ms with fused QKV and
-channels-last, 11.2 ms with everything. Autotuned cuDNN convolutions with cuDNN attention first were
-measured too and gained nothing. benchmarks/README.md has the numbers.
+(sd_core/channels_last.py), a one-pass GEGLU in Triton (sd_core/geglu.py), ResNet blocks whose SiLUs,
+conv1 bias and time embedding ride inside those GroupNorms (sd_core/resnet_block.py), and 1x1 convolutions
+run as matmuls with the bias in the epilogue (sd_core/channels_last.py). Marginal cost of a step, SD1.5 +
+ControlNet img2img at 512² on an H100: 17.9 ms with graphs alone, 14.4 ms with fused QKV and channels-last,
+10.4 ms with everything. Autotuned cuDNN convolutions with cuDNN attention first were measured too and
+gained nothing. benchmarks/README.md has the numbers.
 
 Mode "compile" adds kernel fusion: with graphs the step is GPU-bound, so the remaining time is in the
 kernels themselves (many small element-wise kernels around the convolutions and matrix products).
@@ -36,8 +38,8 @@ own CUDA graphs), and the graph wrapper above records and replays the compiled k
 minutes on first use, so inductor's on-disk caches (FX graph cache and AOTAutograd cache, both on by
 default) are pointed at a stable folder, not the temporary one inductor picks, so a later process (a
 Blender restart) loads the compiled kernels instead of compiling again. Where the folder is:
-``compile_cache_dir``. Measured (benchmarks/README.md): SD1.5 + ControlNet 512² marginal step 10.8-11.3 ms
-("auto") -> 9.3 ms on an H100, but 65 s to the first image on an empty cache and still 23 s with a warm one
+``compile_cache_dir``. Measured (benchmarks/README.md): SD1.5 + ControlNet 512² marginal step 9.5 ms on an
+H100 (auto: 9.6-10.4 ms), but 82 s to the first image on an empty cache and still 26 s with a warm one
 (dynamo traces every process); SDXL + ControlNet 1024² 64.1 -> 47.2 ms on an H200 (before the Triton
 GroupNorm), 128 s cold, 41 s warm. Hence opt-in, not "auto".
 """
