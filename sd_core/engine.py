@@ -109,7 +109,7 @@ class Engine:
         try:
             with (
                 seamless([pipe.unet, pipe.vae, *controlnets], request.tiling),
-                self.accelerator.active(pipe, variant=request.tiling),
+                self.accelerator.active(pipe, variant=request.tiling, image_pixels=_padded_pixels(request)),
             ):
                 for index in range(request.batch_size):
                     image_seed = (seed + index) % 2**32
@@ -229,6 +229,11 @@ def _on_known_device(cls: type) -> type:
     """``cls`` told where it runs. Diffusers' ``_execution_device`` searches every layer of every network for
     offload hooks on each call (about 5 ms of host time for SD1.5); without offload sd_core knows the answer."""
     return type(cls.__name__, (cls,), {"_execution_device": property(lambda pipe: pipe.execution_device)})
+
+
+def _padded_pixels(request: GenerationRequest) -> int:
+    width, height = images.padded_size(*request.size)
+    return width * height
 
 
 def _prepare_inputs(request: GenerationRequest, grown_mask: np.ndarray | None, device: torch.device) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sd_core.acceleration import (
     compile_cache_dir,
     graphable_modules,
     make_accelerator,
+    share_fused_projection_storage,
     use_compile_cache,
     uses_cuda_graphs,
 )
@@ -222,3 +224,23 @@ def test_vae_graphed_where_its_weights_stay_put(tiny_models):
     assert sdxl.vae.config.force_upcast
     assert "Decoder" not in [type(module).__name__ for module in graphable_modules(sdxl)]
     np.testing.assert_equal(len(graphable_modules(sdxl)), 3)  # UNet and both text encoders
+
+
+def test_fused_attention_projections_hold_one_copy_of_their_weights(tiny_models):
+    """Fusing QKV copies q, k and v into one layer; the originals become views of it: same values, same output."""
+    unet = Engine(EngineSettings(device="cpu")).cache.base_pipeline(str(tiny_models["sd1"]))[0].unet
+    unet = copy.deepcopy(unet)
+    torch.manual_seed(0)
+    sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        expected = unet(sample, 10, text).sample
+        originals = {name: tensor.clone() for name, tensor in unet.state_dict().items()}
+        unet.fuse_qkv_projections()
+        assert share_fused_projection_storage(unet) > 0
+        got = unet(sample, 10, text).sample
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for name, tensor in originals.items():
+        torch.testing.assert_close(unet.state_dict()[name], tensor, atol=0, rtol=0)
+    attention = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    storage = attention.to_qkv.weight.untyped_storage().data_ptr()
+    assert all(layer.weight.untyped_storage().data_ptr() == storage for layer in (attention.to_q, attention.to_v))
