@@ -56,33 +56,22 @@ def group_norm(
 
     Optionally of ``x`` plus ``shifts`` (a (channels,) and an (images, channels) shift, either None; never
     added to ``x`` itself), and followed by SiLU: what a ResNet block does around its GroupNorms
-    (sd_core/resnet_block.py).
+    (sd_core/resnet_block.py). Off the fast path, PyTorch's arithmetic: the reference the kernels are held to.
     """
+
+    def plain() -> torch.Tensor:
+        channel_shift, image_shift = shifts
+        shifted = x if channel_shift is None else x + channel_shift[:, None, None]
+        shifted = shifted if image_shift is None else shifted + image_shift[:, :, None, None]
+        normalised = F.group_norm(shifted, num_groups, weight, bias, eps)
+        return F.silu(normalised) if silu else normalised
+
     if _runs_in_triton(x, weight, bias):
         return _SWITCH.run(
             lambda: group_norm_channels_last(x, num_groups, weight, bias, eps, shifts, silu),  # type: ignore[arg-type]
-            lambda: plain_group_norm(x, num_groups, weight, bias, eps, shifts, silu),
+            plain,
         )
-    return plain_group_norm(x, num_groups, weight, bias, eps, shifts, silu)
-
-
-def plain_group_norm(
-    x: torch.Tensor,
-    num_groups: int,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float,
-    shifts: Shifts = (None, None),
-    silu: bool = False,
-) -> torch.Tensor:
-    """PyTorch's arithmetic for ``group_norm``: the fallback, and the reference the kernels are held to."""
-    channel_shift, image_shift = shifts
-    if channel_shift is not None:
-        x = x + channel_shift[:, None, None]
-    if image_shift is not None:
-        x = x + image_shift[:, :, None, None]
-    normalised = F.group_norm(x, num_groups, weight, bias, eps)
-    return F.silu(normalised) if silu else normalised
+    return plain()
 
 
 def use_triton_group_norm(module: torch.nn.Module) -> int:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sd_core import group_norm as group_norm_module
-from sd_core.group_norm import group_norm, group_norm_channels_last, plain_group_norm, use_triton_group_norm
+from sd_core.group_norm import group_norm, group_norm_channels_last, use_triton_group_norm
 from sd_core.triton_support import KernelSwitch, triton_available
 
 
@@ -52,7 +52,7 @@ def test_input_shifts_and_silu_match_adding_then_activating(shifted, silu, monke
     image_shift = torch.randn(2, 320, generator=generator) * 4 if shifted in ("image", "both") else None
     shifts = (channel_shift, image_shift)
     got = group_norm_channels_last(x, 32, weight, bias, 1e-5, shifts=shifts, silu=silu)
-    expected = plain_group_norm(x.contiguous(), 32, weight, bias, 1e-5, shifts=shifts, silu=silu)
+    expected = group_norm(x.contiguous(), 32, weight, bias, 1e-5, shifts=shifts, silu=silu)  # CPU: PyTorch's
     torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
     total = sum((shift.reshape(-1, 320, 1, 1) for shift in shifts if shift is not None), torch.zeros(1, 320, 1, 1))
     reference = F.group_norm(x + total, 32, weight, bias, 1e-5)
