@@ -237,7 +237,7 @@ def _padded_pixels(request: GenerationRequest) -> int:
 
 
 def _prepare_inputs(request: GenerationRequest, grown_mask: np.ndarray | None, device: torch.device) -> dict[str, Any]:
-    """Pipeline keyword arguments for the images: padded to multiples of 8, already on the device."""
+    """Pipeline keyword arguments for the images: padded to multiples of 8, on the GPU where that helps."""
     inputs: dict[str, Any] = {}
     if request.image is not None:
         inputs["image"] = _on_device(request.image, device)
