@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from sd_core.errors import ValidationError
@@ -83,18 +81,40 @@ def prepare_mask(mask: np.ndarray, grow: int = 0, feather: int = 0) -> np.ndarra
 def dilate(binary: np.ndarray, radius: int) -> np.ndarray:
     """Grow a boolean mask by ``radius`` pixels in a square, like PIL's MaxFilter(2 * radius + 1).
 
-    As two one-dimensional max filters (rows, then columns), so the cost grows with the radius, not its
-    square: at 1024² and 19 pixels, 1.4 s through PIL became a few tens of milliseconds.
+    Separable: along rows, then along the rows of the transposed result (numpy's running sums are fast along
+    contiguous rows only). Each pass is a window sum from a running count: a pixel is set when its window
+    holds any set pixel, so the cost does not grow with the radius. At 1024² and 8 pixels: about 8 ms (torch's
+    CPU max-pool took 48 ms, PIL's MaxFilter over a second).
     """
-    size = 2 * radius + 1
-    grid = torch.from_numpy(binary.astype(np.float32))[None, None]
-    grid = F.max_pool2d(grid, (1, size), stride=1, padding=(0, radius))
-    grid = F.max_pool2d(grid, (size, 1), stride=1, padding=(radius, 0))
-    return grid[0, 0].numpy() > 0.5
+    rows_grown = _grow_rows(binary, radius)
+    return _grow_rows(np.ascontiguousarray(rows_grown.T), radius).T
+
+
+def _grow_rows(binary: np.ndarray, radius: int) -> np.ndarray:
+    """One pass of ``dilate``: a pixel is set when any pixel of its row within ``radius`` is."""
+    height, width = binary.shape
+    span = 2 * radius + 1
+    # Running counts, with zeros before the first pixel and the last count repeated after the last: the window
+    # [x - radius, x + radius], clipped to the row, holds padded[x + span] - padded[x] set pixels.
+    padded = np.empty((height, width + span), np.int32)
+    padded[:, : radius + 1] = 0
+    np.cumsum(binary, axis=1, dtype=np.int32, out=padded[:, radius + 1 : radius + 1 + width])
+    padded[:, radius + 1 + width :] = padded[:, radius + width : radius + width + 1]
+    return padded[:, span:] > padded[:, :width]
 
 
 def composite(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Blend so that pixels with mask 0 are *exactly* the original (the VAE round trip alters them)."""
-    weight = mask[..., None]
-    blended = generated * weight + original * (1.0 - weight)
-    return np.where(weight > 0.0, blended, original).astype(np.float32)
+    """Blend so that pixels with mask 0 are *exactly* the original (the VAE round trip alters them).
+
+    Only the mask's bounding box is blended; the rest is the original copied (an inpainted area is usually
+    a small part of the picture: at 1024², a quarter of it masked and feathered by 8 pixels, 10 ms instead of 24).
+    """
+    out = np.array(original, dtype=np.float32)
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return out
+    box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+    weight = mask[box][..., None]
+    blended = generated[box] * weight + original[box] * (1.0 - weight)
+    out[box] = np.where(weight > 0.0, blended, original[box])
+    return out

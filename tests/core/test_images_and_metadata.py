@@ -31,9 +31,11 @@ def test_mask_growth_is_a_square_max_filter_up_to_the_borders():
     rng = np.random.default_rng(3)
     mask = rng.random((41, 57)) > 0.97
     mask[0, 0] = mask[-1, 30] = True
-    for radius in (1, 4, 9):
-        reference = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
-        assert np.array_equal(images.dilate(mask, radius), np.asarray(reference) > 127)
+    thin = [rng.random(shape) > 0.8 for shape in ((1, 9), (9, 1), (5, 3))]
+    for grid in (mask, *thin):
+        for radius in (0, 1, 4, 9, 60):  # 60: a window wider than the mask
+            reference = Image.fromarray(grid.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
+            assert np.array_equal(images.dilate(grid, radius), np.asarray(reference) > 127), (grid.shape, radius)
 
 
 def test_composite_keeps_unmasked_pixels_bit_exact():
@@ -44,6 +46,11 @@ def test_composite_keeps_unmasked_pixels_bit_exact():
     out = images.composite(generated, original, mask)
     assert np.array_equal(out[mask == 0], original[mask == 0])
     assert np.array_equal(out[mask == 1], generated[mask == 1])
+    mask[5, 12] = 0.25  # a feathered pixel outside the square: the blended box grows to hold it
+    out = images.composite(generated, original, mask)
+    np.testing.assert_allclose(out[5, 12], 0.25 * generated[5, 12] + 0.75 * original[5, 12], rtol=1e-6)
+    assert np.array_equal(out[mask == 0], original[mask == 0])
+    assert np.array_equal(images.composite(generated, original, np.zeros_like(mask)), original)
 
 
 def test_png_carries_a1111_parameters_and_full_json(tmp_path):
