@@ -1,4 +1,5 @@
-"""The add-on's one-way flow: capture the scene -> build a request -> (worker generates) -> write back.
+"""The add-on's one-way flow: capture the scene -> build a request -> (worker generates, and projects the
+image into the selected meshes' textures) -> write back.
 
 Both the Generate operator and the headless command go through these functions; only how they wait
 differs (a timer polling the job runner, or a blocking wait).
@@ -6,6 +7,7 @@ differs (a timer polling the job runner, or a blocking wait).
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +15,8 @@ from typing import Any
 import bpy
 
 from sd_core.depth import depth_to_control_image
-from sd_core.errors import ValidationError
-from sd_core.request import ControlSpec, EngineSettings, GenerationRequest
+from sd_core.errors import SDCoreError, ValidationError
+from sd_core.request import ControlSpec, EngineSettings, GenerationRequest, Result
 
 from . import capture, viewport, writeback
 from .jobs import Job, JobRunner
@@ -53,8 +55,10 @@ class Plan:
 
     request: GenerationRequest
     scene_name: str
-    project_objects: list[str] = field(default_factory=list)
     camera_capture: Any = None
+    # Meshes to project the result onto, read from Blender now; the projecting itself runs on the worker.
+    surfaces: list[Any] = field(default_factory=list)
+    bake_resolution: int = 1024
 
 
 def selected_meshes(context: bpy.types.Context) -> list[bpy.types.Object]:
@@ -140,14 +144,37 @@ def plan_generation(context: bpy.types.Context) -> Plan:
         mask_feather=settings.mask_feather,
     )
     request.validate()
-    return Plan(request, scene.name, [obj.name for obj in objects], camera_capture)
+    surfaces = []
+    if settings.project_to_selected and camera_capture is not None:
+        from . import bake
+
+        surfaces = bake.read_surfaces(objects)
+    return Plan(request, scene.name, camera_capture, surfaces, settings.bake_resolution)
 
 
 def submit(context: bpy.types.Context, settings: EngineSettings | None = None) -> Job:
     """Plan on the main thread and queue the work; ``settings`` default to the add-on preferences."""
     plan = plan_generation(context)
     engine_settings = settings or get_preferences(context).engine_settings()
-    return runner(engine_settings).submit(plan.request, context={"plan": plan, "apply": apply_finished})
+    finish = functools.partial(project_on_worker, plan) if plan.surfaces else None
+    return runner(engine_settings).submit(
+        plan.request, context={"plan": plan, "apply": apply_finished}, finish_on_worker=finish
+    )
+
+
+def project_on_worker(plan: Plan, result: Result) -> Any:
+    """Worker: project the first image into each planned mesh's texture (numpy only, seconds at 2048²).
+
+    An artist error comes back as the value, not raised: the images are still written back.
+    """
+    from . import bake
+
+    try:
+        return bake.project_textures(
+            result.images[0].pixels, plan.camera_capture, plan.surfaces, texture_size=plan.bake_resolution
+        )
+    except SDCoreError as error:
+        return error
 
 
 def apply_finished(job: Job) -> list[bpy.types.Image]:
@@ -164,11 +191,10 @@ def apply_finished(job: Job) -> list[bpy.types.Image]:
         created.append(image)
     if created:
         settings.last_result = created[0]
-        if plan.project_objects and settings.project_to_selected:
+        if isinstance(job.worker_output, SDCoreError):
+            print(f"Stable Diffusion: the result was not projected onto the meshes: {job.worker_output}")
+        elif job.worker_output:
             from . import bake
 
-            objects = [bpy.data.objects[name] for name in plan.project_objects if name in bpy.data.objects]
-            bake.project_onto_meshes(
-                job.result.images[0].pixels, plan.camera_capture, objects, texture_size=settings.bake_resolution
-            )
+            bake.wire_projections(job.worker_output)
     return created

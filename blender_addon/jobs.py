@@ -34,6 +34,10 @@ class Job:
     request: GenerationRequest | None = None
     task: Task | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    # Work on the request's result that needs no Blender data, done on the worker so the UI never waits on it
+    # (projecting the image into textures); what it returns is ``worker_output``.
+    finish_on_worker: Callable[[Result], Any] | None = None
+    worker_output: Any = None
     state: JobState = "queued"
     progress: Progress | None = None
     result: Result | Any = None
@@ -92,8 +96,14 @@ class JobRunner:
         with self._lock:
             self._settings = settings
 
-    def submit(self, request: GenerationRequest, context: dict[str, Any] | None = None) -> Job:
-        return self._enqueue(Job(id=next(self._ids), request=request, context=context or {}))
+    def submit(
+        self,
+        request: GenerationRequest,
+        context: dict[str, Any] | None = None,
+        finish_on_worker: Callable[[Result], Any] | None = None,
+    ) -> Job:
+        job = Job(id=next(self._ids), request=request, context=context or {}, finish_on_worker=finish_on_worker)
+        return self._enqueue(job)
 
     def submit_task(self, task: Task, context: dict[str, Any] | None = None) -> Job:
         """Queue ``task(engine, job)``: it reports via ``runner.report(job, ...)`` and checks ``job.should_cancel``."""
@@ -175,6 +185,8 @@ class JobRunner:
             else:
                 report = functools.partial(self.report, job)
                 job.result = engine.generate(job.request, on_progress=report, should_cancel=job.should_cancel)
+                if job.finish_on_worker is not None:
+                    job.worker_output = job.finish_on_worker(job.result)
         except CancelledError as error:
             self._finish(job, "cancelled", error=str(error))
         except SDCoreError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -152,6 +153,31 @@ def test_generate_writes_a_new_image_png_and_history(still_life):
     scene = bpy.context.scene
     assert scene.sd_history[-1].image == image
     assert still_life.settings.last_result == image
+
+
+def test_projecting_onto_the_selection_runs_on_the_worker(still_life, monkeypatch):
+    """The Generate button's projection: mesh data read when planning, the numpy work on the worker thread
+    (seconds at 2048² that the UI must not wait on), the new texture wired in on the main thread."""
+    bake = sys.modules[f"{ADDON}.bake"]
+    threads = []
+    project = bake.project_textures
+    monkeypatch.setattr(
+        bake,
+        "project_textures",
+        lambda *args, **kwargs: threads.append(threading.current_thread()) or project(*args, **kwargs),
+    )
+    still_life.settings.project_to_selected = True
+    still_life.settings.bake_resolution = 64
+    generation, job = _run(still_life)
+    assert job.state == "done", job.error
+    assert threads and threads[0] is not threading.main_thread()
+    assert bpy.data.images.get(f"Front {bake.NODE_LABEL}") is None  # nothing changed before write-back
+    generation.apply_finished(job)
+    texture = bpy.data.images[f"Front {bake.NODE_LABEL}"]
+    assert tuple(texture.size) == (64, 64)
+    material = still_life.front.material_slots[0].material
+    assert any(getattr(node, "image", None) == texture for node in material.node_tree.nodes)
+    assert bpy.data.images.get(f"Back {bake.NODE_LABEL}") is None  # not selected: untouched
 
 
 def test_history_restores_the_settings_that_made_an_image(still_life):
