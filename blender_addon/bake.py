@@ -8,7 +8,7 @@ projection maths live in ``sd_core.projection`` (Blender-free, unit-tested); thi
 mesh data out of Blender with ``foreach_get`` and writes the result back with ``foreach_set``.
 
 Three steps, so the Generate button keeps Blender responsive: ``read_surfaces`` (main thread, when
-planning), ``project_textures`` (no bpy: the worker runs it after the diffusion; 1.9 s for two meshes at
+planning), ``project_textures`` (no bpy: the worker runs it after the diffusion; 1.4 s for two meshes at
 1024² on a 2-core CPU) and ``wire_projections`` (main thread, at write-back: 0.2 s there).
 ``project_onto_meshes`` runs all three where it is called.
 

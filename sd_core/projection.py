@@ -312,28 +312,34 @@ def dilate(values: np.ndarray, known: np.ndarray, iterations: int) -> tuple[np.n
 
     Each newly filled texel takes the mean of its known 8-neighbours. Used for padding past UV island
     edges (so bilinear/mip filtering at a seam never reads unfilled texels) and for bleeding colour under
-    transparent texels (so filtering at an occlusion edge does not pull in black).
+    transparent texels (so filtering at an occlusion edge does not pull in black). Only the ring's texels
+    are computed (gathered by index), not the whole texture: at 1024² about 10x less work.
     """
     filled = np.array(values, dtype=np.float32, copy=True)
     known_now = np.array(known, dtype=bool, copy=True)
     height, width = known_now.shape
     for _ in range(iterations):
-        padded_values = np.pad(filled * known_now[..., None], ((1, 1), (1, 1), (0, 0)))
-        padded_known = np.pad(known_now, 1).astype(np.float32)
-        total = np.zeros_like(filled)
-        count = np.zeros((height, width), dtype=np.float32)
-        for dy in (0, 1, 2):
-            for dx in (0, 1, 2):
-                if dy == 1 and dx == 1:
-                    continue
-                total += padded_values[dy : dy + height, dx : dx + width]
-                count += padded_known[dy : dy + height, dx : dx + width]
-        grow = ~known_now & (count > 0)
-        if not grow.any():
+        padded_known = np.pad(known_now, 1)
+        near_known = np.zeros_like(known_now)
+        for dy, dx in _NEIGHBOURS:
+            near_known |= padded_known[dy : dy + height, dx : dx + width]
+        rows, columns = np.nonzero(near_known & ~known_now)
+        if rows.size == 0:
             break
-        filled[grow] = total[grow] / count[grow, None]
-        known_now |= grow
+        padded_values = np.pad(filled, ((1, 1), (1, 1), (0, 0)))
+        total = np.zeros((rows.size, filled.shape[2]), dtype=np.float32)
+        count = np.zeros(rows.size, dtype=np.float32)
+        for dy, dx in _NEIGHBOURS:  # the same order of additions as a whole-texture sum: the same bits
+            neighbour_known = padded_known[rows + dy, columns + dx]
+            total += padded_values[rows + dy, columns + dx] * neighbour_known[:, None]
+            count += neighbour_known
+        filled[rows, columns] = total / count[:, None]
+        known_now[rows, columns] = True
     return filled, known_now
+
+
+# Offsets of the 8 neighbours in a texture padded by one texel.
+_NEIGHBOURS = tuple((dy, dx) for dy in (0, 1, 2) for dx in (0, 1, 2) if (dy, dx) != (1, 1))
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,26 @@ def test_dilate_grows_one_ring_per_iteration() -> None:
     assert twice.sum() == 25
 
 
+def test_dilate_fills_each_ring_with_the_mean_of_its_known_neighbours() -> None:
+    """Against the whole-texture computation (sum of the 8 shifted neighbours), bit for bit."""
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((23, 31, 3)).astype(np.float32)
+    known = rng.random((23, 31)) < 0.2
+    expected, expected_known = values.copy(), known.copy()
+    for _ in range(3):
+        padded = np.pad(expected * expected_known[..., None], ((1, 1), (1, 1), (0, 0)))
+        padded_known = np.pad(expected_known, 1).astype(np.float32)
+        total, count = np.zeros_like(expected), np.zeros((23, 31), np.float32)
+        for dy, dx in [(dy, dx) for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]:
+            total += padded[dy : dy + 23, dx : dx + 31]
+            count += padded_known[dy : dy + 23, dx : dx + 31]
+        grow = ~expected_known & (count > 0)
+        expected[grow] = total[grow] / count[grow, None]
+        expected_known |= grow
+    got, got_known = dilate(values, known, 3)
+    assert np.array_equal(got_known, expected_known) and np.array_equal(got, expected)
+
+
 def tilted_quad(angle_degrees: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A 4x4 quad at depth 6 tilted about X, centred in view: (uv, positions, normals, plane normal)."""
     tilt = math.radians(angle_degrees)
