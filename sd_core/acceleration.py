@@ -246,8 +246,9 @@ class CudaGraphAccelerator:
                 block = torch.empty(wanted, dtype=torch.uint8, device=weight.device)
                 block[:1].zero_()  # a graph needs a node
                 del block
-        except torch.cuda.OutOfMemoryError:  # captures may still fit, each in a segment of its own
-            log.warning("Could not reserve %.1f GiB for the CUDA graphs; capturing without.", wanted / 2**30)
+        except RuntimeError as error:  # out of memory, mostly: captures may still fit, each in segments of its own
+            log.warning("Could not reserve %.1f GiB for the CUDA graphs, capturing without: %s", wanted / 2**30, error)
+            torch.cuda.synchronize()
             return
         self._pool = reservation.pool()
         self._reservations.append(reservation)
