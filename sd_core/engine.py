@@ -168,14 +168,13 @@ class Engine:
 
         cls = getattr(diffusers, class_name)
         if not self.settings.cpu_offload:
-            cls = _on_known_device(cls)
+            cls = _on_known_device(cls, self.cache.placement.device)
         extra: dict[str, Any] = {}
         if controlnets:
             extra["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
         # from_pipe casts every shared module to its dtype argument, float32 unless told otherwise
         pipe = cls.from_pipe(base, dtype=self.cache.placement.dtype, **extra)
         keep_vae_in_float32(pipe)
-        pipe.execution_device = self.cache.placement.device
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -225,10 +224,10 @@ class Engine:
 
 
 @functools.cache
-def _on_known_device(cls: type) -> type:
-    """``cls`` told where it runs. Diffusers' ``_execution_device`` searches every layer of every network for
-    offload hooks on each call (about 5 ms of host time for SD1.5); without offload sd_core knows the answer."""
-    return type(cls.__name__, (cls,), {"_execution_device": property(lambda pipe: pipe.execution_device)})
+def _on_known_device(cls: type, device: torch.device) -> type:
+    """``cls`` told that it runs on ``device``. Diffusers' ``_execution_device`` searches every layer of every
+    network for offload hooks on each call (about 5 ms of host time for SD1.5); without offload sd_core knows."""
+    return type(cls.__name__, (cls,), {"_execution_device": property(lambda _pipe: device)})
 
 
 def _padded_pixels(request: GenerationRequest) -> int:
