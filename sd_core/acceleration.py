@@ -25,10 +25,12 @@ so that activations stay channels-last between convolutions: GroupNorm in Triton
 channels-last (PyTorch's converts to NCHW and back around each of the ~100 GroupNorms of a step:
 sd_core/group_norm.py), transformer blocks that return their channels-last view instead of an NCHW copy
 (sd_core/channels_last.py), a one-pass GEGLU in Triton (sd_core/geglu.py), ResNet blocks whose SiLUs,
-conv1 bias and time embedding ride inside those GroupNorms (sd_core/resnet_block.py), and 1x1 convolutions
+conv1 bias and time embedding ride inside those GroupNorms (sd_core/resnet_block.py), transformer blocks
+whose residual adds ride inside their LayerNorms (sd_core/transformer_block.py), and 1x1 convolutions
 run as matmuls with the bias in the epilogue (sd_core/channels_last.py). Marginal cost of a step, SD1.5 +
 ControlNet img2img at 512² on an H100: 17.9 ms with graphs alone, 14.4 ms with fused QKV and channels-last,
-10.4 ms with everything. Autotuned cuDNN convolutions with cuDNN attention first were measured too and
+10.4 ms with everything. And a ControlNet embeds its conditioning image once per generation, not every step
+(sd_core/controlnet_condition.py). Autotuned cuDNN convolutions with cuDNN attention first were measured too and
 gained nothing. benchmarks/README.md has the numbers.
 
 Mode "compile" adds kernel fusion: with graphs the step is GPU-bound, so the remaining time is in the
@@ -46,6 +48,7 @@ GroupNorm), 128 s cold, 41 s warm. Hence opt-in, not "auto".
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Hashable, Iterator
@@ -58,10 +61,12 @@ import torch
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from sd_core.channels_last import keep_transformer_outputs_channels_last, use_matmuls_for_pointwise_convolutions
+from sd_core.controlnet_condition import ConditionEmbeddings, embeds_once, forward_with_embedded_condition
 from sd_core.errors import ValidationError
 from sd_core.geglu import use_fused_geglu
 from sd_core.group_norm import use_triton_group_norm
 from sd_core.resnet_block import use_fused_resnet_blocks
+from sd_core.transformer_block import use_fused_transformer_blocks
 from sd_core.vae_precision import recasts_vae
 
 log = logging.getLogger(__name__)
@@ -272,6 +277,7 @@ class CudaGraphAccelerator:
             use_matmuls_for_pointwise_convolutions(module)
             if self._uses_triton_kernels(module):
                 use_fused_resnet_blocks(module)
+                use_fused_transformer_blocks(module)
                 use_triton_group_norm(module)
                 use_fused_geglu(module)
         self._prepared.add(id(module))
@@ -284,14 +290,24 @@ class CudaGraphAccelerator:
         """What the wrapper records and falls back to: the module's own forward here."""
         return module.forward
 
+    def _embeds_conditions_once(self, module: torch.nn.Module) -> bool:
+        return embeds_once(module)
+
     @contextmanager
     def _installed(self, module: torch.nn.Module, variant: Hashable) -> Iterator[None]:
         """Shadow ``module.forward`` on the instance with the graph wrapper; restore exactly what was there."""
         had_own = "forward" in module.__dict__
         previous = module.__dict__.get("forward")
         eager = self._forward_of(module)
+        # A ControlNet's conditioning image is embedded once per generation (sd_core/controlnet_condition.py).
+        embeddings = ConditionEmbeddings() if self._embeds_conditions_once(module) else None
+        embedded = functools.partial(forward_with_embedded_condition, module, eager)
 
         def graphed(*args: Any, **kwargs: Any) -> Any:
+            image = kwargs.get("controlnet_cond")
+            if embeddings is not None and isinstance(image, torch.Tensor):
+                kwargs = {**kwargs, "controlnet_cond": embeddings.of(module, image)}
+                return self._call(module, embedded, (variant, "embedded condition"), args, kwargs)
             return self._call(module, eager, variant, args, kwargs)
 
         module.forward = graphed  # type: ignore[method-assign]
@@ -381,6 +397,9 @@ class CompiledGraphAccelerator(CudaGraphAccelerator):
     def _uses_triton_kernels(self, module: torch.nn.Module) -> bool:
         # Inductor writes its own fused kernels for what it compiles; hand-written ones would only split its graph.
         return self.triton_kernels and not _is_denoiser(module)
+
+    def _embeds_conditions_once(self, module: torch.nn.Module) -> bool:
+        return False  # dynamo would trace the swapped embedding layer; untried, so the compiled forward is whole
 
     def _forward_of(self, module: torch.nn.Module) -> Callable[..., Any]:
         if not _is_denoiser(module):  # text encoders and the VAE

@@ -9,10 +9,10 @@ over a full activation doing almost no arithmetic (benchmarks/results/h100-2026-
 How: conv1 runs without its bias. Its bias plus the projected time embedding, an (images, channels)
 shift, enters the second GroupNorm's statistics and affine terms instead of the tensor (a per-channel
 shift moves a channel's mean, not its deviations). Both GroupNorms apply SiLU as they write, conv2's bias
-joins a 1x1 shortcut's (one matrix product, sd_core/channels_last.py), and the division is skipped when the
-factor is 1. Same arithmetic, in fp32 inside the kernels, rounded to half
-precision fewer times than stock. Blocks of another shape (up- or down-sampling, scale-shift time
-embedding, another activation) keep diffusers' forward; without the Triton kernels (CPU, no Triton, a
+joins a 1x1 shortcut's (one matrix product, sd_core/channels_last.py) or, without a shortcut, the residual
+add (one kernel), and the division is skipped when the factor is 1. Same arithmetic, in fp32 inside the
+kernels, rounded to half precision fewer times than stock. Blocks of another shape (up- or down-sampling,
+scale-shift time embedding, another activation) keep diffusers' forward; without the Triton kernels (CPU, no Triton, a
 kernel that fails to build) the GroupNorms run PyTorch's arithmetic on the same restructured block.
 """
 
@@ -25,7 +25,11 @@ from diffusers.models.resnet import ResnetBlock2D
 
 from sd_core.channels_last import is_pointwise, pointwise_convolution
 from sd_core.group_norm import group_norm
-from sd_core.triton_support import route_forward
+from sd_core.triton_support import KernelSwitch, route_forward
+
+_SWITCH = KernelSwitch("residual add")
+# Elements one program of the residual add handles.
+_ADD_BLOCK = 4096
 
 
 def use_fused_resnet_blocks(module: torch.nn.Module) -> int:
@@ -62,6 +66,10 @@ def fused_forward(
     hidden = group_norm(hidden, norm2.num_groups, norm2.weight, norm2.bias, norm2.eps, shifts=shifts, silu=True)
     hidden = block.dropout(hidden)
     conv2, shortcut_conv = block.conv2, block.conv_shortcut
+    if shortcut_conv is None and conv2.bias is not None:
+        # conv2's bias rides in the residual add instead of a pass of its own
+        output = add_with_channel_bias(conv2._conv_forward(hidden, conv2.weight, None), conv2.bias, input_tensor)
+        return output if block.output_scale_factor == 1.0 else output / block.output_scale_factor
     if shortcut_conv is None:
         hidden, shortcut = conv2(hidden), input_tensor
     elif is_pointwise(shortcut_conv) and shortcut_conv.bias is not None and conv2.bias is not None:
@@ -72,3 +80,34 @@ def fused_forward(
         hidden, shortcut = conv2(hidden), shortcut_conv(input_tensor)
     output = shortcut + hidden
     return output if block.output_scale_factor == 1.0 else output / block.output_scale_factor
+
+
+def add_with_channel_bias(update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``update + bias + residual`` for (N, C, H, W) tensors and a (C,) bias: one kernel where both tensors are
+    channels-last, PyTorch's two adds elsewhere."""
+
+    def plain() -> torch.Tensor:
+        return residual + (update + bias[:, None, None])
+
+    channels_last = torch.channels_last
+    if (
+        update.dim() == 4
+        and residual.shape == update.shape
+        and residual.dtype == update.dtype
+        and update.is_contiguous(memory_format=channels_last)
+        and residual.is_contiguous(memory_format=channels_last)
+        and _SWITCH.usable(update)
+    ):
+        return _SWITCH.run(lambda: _launch_add(update, bias, residual), plain)
+    return plain()
+
+
+def _launch_add(update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    from sd_core import triton_kernels
+
+    out = torch.empty_like(update)  # channels-last, like its inputs
+    elements = update.numel()
+    triton_kernels.add_with_channel_bias[(-(-elements // _ADD_BLOCK),)](
+        update, residual, bias, out, elements, update.shape[1], BLOCK=_ADD_BLOCK, num_warps=4
+    )
+    return out

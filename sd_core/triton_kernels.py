@@ -3,6 +3,8 @@
 GroupNorm (launched and explained by sd_core/group_norm.py): the kernels view the activations as (images,
 pixels, channels) and read whole pixel rows, contiguous channels-last, so loads are wide and coalesced.
 GEGLU (sd_core/geglu.py): one pass over a transformer feed-forward's projection.
+LayerNorm with the residual add before it, and the residual add with a convolution's bias
+(sd_core/transformer_block.py, sd_core/resnet_block.py).
 """
 
 import triton
@@ -119,3 +121,95 @@ def geglu(x_ptr, out_ptr, inner, BLOCK: tl.constexpr):
     gate = tl.load(x_ptr + row * 2 * inner + inner + column, mask=mask, other=0.0).to(tl.float32)
     gelu = 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476))
     tl.store(out_ptr + row * inner + column, (value * gelu).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def layer_norm(
+    x_ptr, bias_ptr, residual_ptr, weight_ptr, norm_bias_ptr, sum_ptr, out_ptr, rows, width, eps,
+    ADD: tl.constexpr, WIDTH_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One tile of rows: layer-normalise each row over its ``width`` columns, in fp32.
+
+    With ADD the rows normalised are ``x`` plus a per-column bias plus a residual, a sum that is stored too
+    (rounded to the input's precision, and normalised as rounded, as PyTorch would see it).
+    """
+    row = tl.program_id(0) * ROWS_BLOCK + tl.arange(0, ROWS_BLOCK)[:, None]
+    column = tl.arange(0, WIDTH_BLOCK)[None, :]
+    in_row = column < width
+    mask = (row < rows) & in_row
+    where = row.to(tl.int64) * width + column
+    x = tl.load(x_ptr + where, mask=mask, other=0.0).to(tl.float32)
+    if ADD:
+        x += tl.load(bias_ptr + column, mask=in_row, other=0.0).to(tl.float32)
+        x += tl.load(residual_ptr + where, mask=mask, other=0.0).to(tl.float32)
+        rounded = x.to(sum_ptr.dtype.element_ty)
+        tl.store(sum_ptr + where, rounded, mask=mask)
+        x = rounded.to(tl.float32)
+    mean = tl.sum(x, axis=1) / width
+    centred = tl.where(mask, x - mean[:, None], 0.0)
+    inverse_std = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / width + eps)
+    weight = tl.load(weight_ptr + column, mask=in_row, other=0.0).to(tl.float32)
+    norm_bias = tl.load(norm_bias_ptr + column, mask=in_row, other=0.0).to(tl.float32)
+    normalised = centred * inverse_std[:, None] * weight + norm_bias
+    tl.store(out_ptr + where, normalised.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def add_with_channel_bias(a_ptr, b_ptr, bias_ptr, out_ptr, elements, channels, BLOCK: tl.constexpr):
+    """``a + bias + b`` over channels-last (or any channels-innermost) tensors, the bias one per channel."""
+    at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = at < elements
+    total = tl.load(a_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    total += tl.load(bias_ptr + at % channels, mask=mask, other=0.0).to(tl.float32)
+    total += tl.load(b_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + at, total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def group_norm_per_group(
+    x_ptr, out_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, pixels, channels, group_size, eps,
+    MEMBER_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr, HAS_CHANNEL_SHIFT: tl.constexpr,
+    HAS_IMAGE_SHIFT: tl.constexpr, SILU: tl.constexpr,
+):  # fmt: skip
+    """One group of one image, whole: its statistics (tiles merged with Chan's formula), then its normalised
+    values (plus shifts, then SiLU if asked), in one program. For small activations, where the three-kernel
+    path's launches cost more than its parallelism gains."""
+    group = tl.program_id(0)
+    image = tl.program_id(1)
+    member = tl.arange(0, MEMBER_BLOCK)
+    channel = group * group_size + member
+    in_group = member < group_size
+    input_shift = tl.zeros([MEMBER_BLOCK], dtype=tl.float32)
+    if HAS_CHANNEL_SHIFT:
+        input_shift += tl.load(channel_shift_ptr + channel, mask=in_group, other=0.0).to(tl.float32)
+    if HAS_IMAGE_SHIFT:
+        input_shift += tl.load(image_shift_ptr + image * channels + channel, mask=in_group, other=0.0).to(tl.float32)
+    image_at = image.to(tl.int64) * pixels * channels
+    mean = tl.zeros([1], dtype=tl.float32)
+    deviation = tl.zeros([1], dtype=tl.float32)
+    count = tl.zeros([1], dtype=tl.float32)
+    for start in range(0, pixels, ROWS_BLOCK):
+        row = start + tl.arange(0, ROWS_BLOCK)[:, None]
+        mask = (row < pixels) & in_group[None, :]
+        where = image_at + row.to(tl.int64) * channels + channel[None, :]
+        tile = tl.load(x_ptr + where, mask=mask, other=0.0).to(tl.float32) + input_shift[None, :]
+        tile = tl.where(mask, tile, 0.0)
+        tile_count = (tl.minimum(pixels - start, ROWS_BLOCK) * group_size).to(tl.float32)
+        tile_mean = tl.sum(tl.sum(tile, axis=1), axis=0) / tile_count
+        centred = tl.where(mask, tile - tile_mean, 0.0)
+        merged = count + tile_count
+        delta = tile_mean - mean
+        mean += delta * (tile_count / merged)
+        deviation += tl.sum(tl.sum(centred * centred, axis=1), axis=0) + delta * delta * (count * tile_count / merged)
+        count = merged
+    inverse_std = 1.0 / tl.sqrt(deviation / count + eps)
+    scale = tl.load(weight_ptr + channel, mask=in_group, other=0.0).to(tl.float32) * inverse_std
+    shift = tl.load(bias_ptr + channel, mask=in_group, other=0.0).to(tl.float32) + (input_shift - mean) * scale
+    for start in range(0, pixels, ROWS_BLOCK):
+        row = start + tl.arange(0, ROWS_BLOCK)[:, None]
+        mask = (row < pixels) & in_group[None, :]
+        where = image_at + row.to(tl.int64) * channels + channel[None, :]
+        normalised = tl.load(x_ptr + where, mask=mask, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
+        if SILU:
+            normalised = normalised * tl.sigmoid(normalised)
+        tl.store(out_ptr + where, normalised.to(out_ptr.dtype.element_ty), mask=mask)

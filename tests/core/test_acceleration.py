@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import ControlNetModel
 from torch.utils._pytree import tree_flatten
 
 from sd_core import CancelledError, ControlSpec, EngineSettings, GenerationRequest, ValidationError
@@ -24,6 +25,7 @@ from sd_core.acceleration import (
     use_compile_cache,
     uses_cuda_graphs,
 )
+from sd_core.controlnet_condition import ConditionEmbeddings, embeds_once
 from sd_core.engine import Engine
 from sd_core.preview import PreviewRelay
 
@@ -87,6 +89,48 @@ def test_graph_wrapper_degrades_to_the_module_for_cpu_tensors_and_restores_it(ti
     np.testing.assert_array_equal(expected, got)
     assert accelerator.graph_count == 0
     assert "forward" not in unet.__dict__  # the class's forward is back
+
+
+def test_controlnet_conditioning_is_embedded_once_per_generation_with_the_same_pixels(tiny_models):
+    """On the graph path each control image is embedded once, not every step (sd_core/controlnet_condition.py)."""
+    rng = np.random.default_rng(1)
+    control = str(tiny_models["sd1_controlnet"])
+    images = [rng.random((SIZE, SIZE, 3), dtype=np.float32) for _ in range(2)]
+    two_controls = request(tiny_models, controls=tuple(ControlSpec(control, image) for image in images), steps=4)
+    engine = Engine(EngineSettings(device="cpu", acceleration="off"))
+    embedding_layer = engine.cache.controlnet(control).controlnet_cond_embedding.conv_in
+    embedded: list[int] = []
+    embedding_layer.register_forward_hook(lambda *args: embedded.append(1))
+    expected = engine.generate(two_controls).images[0].pixels
+    assert len(embedded) == 2 * 4  # stock: every step, for each control
+    embedded.clear()
+    engine.accelerator = CudaGraphAccelerator(fuse_qkv=False, channels_last=False)  # layout changes alter the bits
+    np.testing.assert_array_equal(engine.generate(two_controls).images[0].pixels, expected)
+    assert len(embedded) == 2  # once per control, though one ControlNet serves both
+    embedded.clear()
+    engine.generate(two_controls)
+    assert len(embedded) == 2  # a new generation embeds its images anew
+
+
+def test_a_control_image_changed_in_place_is_embedded_again_and_bgr_controlnets_are_left_alone():
+    def tiny_controlnet(**config) -> ControlNetModel:
+        return ControlNetModel(
+            block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            conditioning_embedding_out_channels=(8, 16), norm_num_groups=8,
+            cross_attention_dim=16, layers_per_block=1, attention_head_dim=4, **config,
+        ).eval()  # fmt: skip
+
+    controlnet = tiny_controlnet()
+    embeddings = ConditionEmbeddings()
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        first = embeddings.of(controlnet, image)
+        assert embeddings.of(controlnet, image) is first
+        image.mul_(0.5)
+        again = embeddings.of(controlnet, image)
+        assert again is not first and torch.equal(again, controlnet.controlnet_cond_embedding(image))
+    assert embeds_once(controlnet)
+    assert not embeds_once(tiny_controlnet(controlnet_conditioning_channel_order="bgr"))
 
 
 def test_compile_requested_on_cpu_is_the_plain_path_and_leaves_the_cache_setting_alone(tiny_models, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 from diffusers.models.resnet import ResnetBlock2D
 
 from sd_core import group_norm as group_norm_module
+from sd_core import resnet_block as resnet_block_module
 from sd_core.resnet_block import fused_forward, is_plain, use_fused_resnet_blocks
 from sd_core.tiling import seamless
 
@@ -48,11 +49,15 @@ def test_triton_kernels_match_diffusers(name, monkeypatch):
     monkeypatch.setattr(
         group_norm_module, "group_norm_channels_last", lambda *args: ran.append(args[-1]) or kernel(*args)
     )
+    monkeypatch.setattr(resnet_block_module._SWITCH, "usable", lambda tensor: True)
+    add = resnet_block_module._launch_add
+    monkeypatch.setattr(resnet_block_module, "_launch_add", lambda *args: ran.append("add") or add(*args))
     block, x, temb = block_and_inputs(BLOCKS[name], seed=1)
     with torch.no_grad():
         expected = block(x, temb)
         got = fused_forward(block, x, temb)
-    assert ran == [True, True]  # both norms went through the kernels, with SiLU
+    # both norms went through the kernels, with SiLU; without a shortcut convolution, the residual add too
+    assert ran == [True, True] + ([] if block.conv_shortcut is not None else ["add"])
     torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
     assert got.is_contiguous(memory_format=torch.channels_last)
 
