@@ -15,6 +15,8 @@ How: three kernels over the tensor viewed as (images, pixels, channels), reading
    and 1/std, and folds them with the affine weights into a scale and shift per channel;
 3. normalise: one program per tile computes x * scale + shift in fp32, like PyTorch's kernel, and writes
    channels-last.
+Small groups (a UNet's deepest level) take one kernel instead, one program a group, that computes the
+statistics and then normalises: there the launches and the merge cost more than spreading the work gains.
 No atomics: the result is the same bit for bit on every run. Anything else (NCHW input, CPU, gradients,
 no Triton, kernels that fail to build: sd_core/triton_support.py) goes to PyTorch's own group_norm.
 """
@@ -36,6 +38,13 @@ NORMALISE_TILE = 4096
 NORMALISE_WARPS = 4
 # Statistics chunks per image: enough programs to fill the GPU, few enough for a group's merge to hold them.
 _MAX_CHUNKS = 64
+# A group of at most this many elements (pixels x channels a group) is normalised whole by one program, in one
+# kernel: at a UNet's deepest level (8² latents) the three kernels' launches cost more than their parallelism
+# gains (H100: 9.5 -> 5.9 µs for SD1.5's 1280 channels), above it spreading the work wins (14 against 47 µs at
+# 64²). Threshold, tile and warps from benchmarks/results/h100-2026-11-27-session4-group-norm-paths.json.
+SMALL_GROUP = 8192
+SMALL_GROUP_TILE = 4096
+SMALL_GROUP_WARPS = 8
 
 
 _SWITCH = KernelSwitch("GroupNorm")
@@ -106,9 +115,56 @@ def group_norm_channels_last(
 ) -> torch.Tensor:
     """Group-normalise a channels-last (N, C, H, W) tensor (plus ``shifts``, then SiLU if asked); the result
     is channels-last too."""
-    images, channels, height, width = x.shape
+    channels, height, width = x.shape[1:]
     if channels % num_groups:
         raise ValueError(f"{channels} channels do not split into {num_groups} groups")
+    channel_shift, image_shift = shifts
+    shifts = (channel_shift, None if image_shift is None else image_shift.contiguous())
+    out = torch.empty_like(x)  # keeps the channels-last layout
+    if height * width * (channels // num_groups) <= SMALL_GROUP:
+        _normalise_each_group_whole(x, out, num_groups, weight, bias, eps, shifts, silu)
+    else:
+        _normalise_in_three_kernels(x, out, num_groups, weight, bias, eps, shifts, silu)
+    return out
+
+
+def _normalise_each_group_whole(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    shifts: Shifts,
+    silu: bool,
+) -> None:
+    from sd_core import triton_kernels as kernels
+
+    images, channels, height, width = x.shape
+    group_size = channels // num_groups
+    member_block = _next_power_of_two(group_size)
+    channel_shift, image_shift = shifts
+    kernels.group_norm_per_group[(num_groups, images)](
+        x, out, weight, bias, channel_shift, image_shift, height * width, channels, group_size, eps,
+        MEMBER_BLOCK=member_block, ROWS_BLOCK=_rows_per_tile(SMALL_GROUP_TILE, member_block),
+        HAS_CHANNEL_SHIFT=channel_shift is not None, HAS_IMAGE_SHIFT=image_shift is not None, SILU=silu,
+        num_warps=SMALL_GROUP_WARPS,
+    )  # fmt: skip
+
+
+def _normalise_in_three_kernels(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    shifts: Shifts,
+    silu: bool,
+) -> None:
+    from sd_core import triton_kernels as kernels
+
+    images, channels, height, width = x.shape
     pixels = height * width
     group_size = channels // num_groups
     channels_block = _next_power_of_two(channels)
@@ -116,9 +172,6 @@ def group_norm_channels_last(
     tiles = -(-pixels // rows_block)
     chunk_rows = rows_block * -(-tiles // _MAX_CHUNKS)
     chunks = -(-pixels // chunk_rows)
-
-    from sd_core import triton_kernels as kernels
-
     statistics = torch.empty((2, images, chunks, channels), device=x.device, dtype=torch.float32)
     kernels.chunk_statistics[(chunks, images)](
         x, statistics[0], statistics[1], pixels, channels, chunk_rows, CHANNELS_BLOCK=channels_block,
@@ -126,21 +179,17 @@ def group_norm_channels_last(
     )  # fmt: skip
     scale_and_shift = torch.empty((2, images, channels), device=x.device, dtype=torch.float32)
     channel_shift, image_shift = shifts
-    if image_shift is not None:
-        image_shift = image_shift.contiguous()
     kernels.merge[(num_groups, images)](
         statistics[0], statistics[1], weight, bias, channel_shift, image_shift, scale_and_shift[0],
         scale_and_shift[1], pixels, channels, group_size, chunk_rows, chunks, eps,
         CHUNKS_BLOCK=_next_power_of_two(chunks), MEMBER_BLOCK=_next_power_of_two(group_size),
         HAS_CHANNEL_SHIFT=channel_shift is not None, HAS_IMAGE_SHIFT=image_shift is not None,
     )  # fmt: skip
-    out = torch.empty_like(x)  # keeps the channels-last layout
     normalise_rows = _rows_per_tile(NORMALISE_TILE, channels_block)
     kernels.normalise[(-(-pixels // normalise_rows), images)](
         x, out, scale_and_shift[0], scale_and_shift[1], pixels, channels, CHANNELS_BLOCK=channels_block,
         ROWS_BLOCK=normalise_rows, SILU=silu, num_warps=NORMALISE_WARPS,
     )  # fmt: skip
-    return out
 
 
 def _rows_per_tile(tile: int, channels_block: int) -> int:

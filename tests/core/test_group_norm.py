@@ -12,6 +12,14 @@ from sd_core.group_norm import group_norm, group_norm_channels_last, use_triton_
 from sd_core.triton_support import KernelSwitch, triton_available
 
 
+@pytest.fixture(autouse=True, params=["three kernels", "each group whole"])
+def kernel_path(request, monkeypatch) -> str:
+    """Every test runs both ways the kernels normalise: statistics, merge and normalise in three kernels (large
+    activations), and each group whole in one program (small ones)."""
+    monkeypatch.setattr(group_norm_module, "SMALL_GROUP", 0 if request.param == "three kernels" else 10**9)
+    return request.param
+
+
 def test_triton_ships_with_the_pinned_torch():
     assert triton_available()
 
