@@ -119,7 +119,8 @@ def group_norm_channels_last(
     if channels % num_groups:
         raise ValueError(f"{channels} channels do not split into {num_groups} groups")
     channel_shift, image_shift = shifts
-    shifts = (channel_shift, None if image_shift is None else image_shift.contiguous())
+    if image_shift is not None and image_shift.stride(1) != 1:
+        shifts = (channel_shift, image_shift.contiguous())  # rows may be apart (time_projection.py), not columns
     out = torch.empty_like(x)  # keeps the channels-last layout
     if height * width * (channels // num_groups) <= SMALL_GROUP:
         _normalise_each_group_whole(x, out, num_groups, weight, bias, eps, shifts, silu)
@@ -145,8 +146,8 @@ def _normalise_each_group_whole(
     member_block = _next_power_of_two(group_size)
     channel_shift, image_shift = shifts
     kernels.group_norm_per_group[(num_groups, images)](
-        x, out, weight, bias, channel_shift, image_shift, height * width, channels, group_size, eps,
-        MEMBER_BLOCK=member_block, ROWS_BLOCK=_rows_per_tile(SMALL_GROUP_TILE, member_block),
+        x, out, weight, bias, channel_shift, image_shift, _row_stride(image_shift), height * width, channels,
+        group_size, eps, MEMBER_BLOCK=member_block, ROWS_BLOCK=_rows_per_tile(SMALL_GROUP_TILE, member_block),
         HAS_CHANNEL_SHIFT=channel_shift is not None, HAS_IMAGE_SHIFT=image_shift is not None, SILU=silu,
         num_warps=SMALL_GROUP_WARPS,
     )  # fmt: skip
@@ -180,8 +181,8 @@ def _normalise_in_three_kernels(
     scale_and_shift = torch.empty((2, images, channels), device=x.device, dtype=torch.float32)
     channel_shift, image_shift = shifts
     kernels.merge[(num_groups, images)](
-        statistics[0], statistics[1], weight, bias, channel_shift, image_shift, scale_and_shift[0],
-        scale_and_shift[1], pixels, channels, group_size, chunk_rows, chunks, eps,
+        statistics[0], statistics[1], weight, bias, channel_shift, image_shift, _row_stride(image_shift),
+        scale_and_shift[0], scale_and_shift[1], pixels, channels, group_size, chunk_rows, chunks, eps,
         CHUNKS_BLOCK=_next_power_of_two(chunks), MEMBER_BLOCK=_next_power_of_two(group_size),
         HAS_CHANNEL_SHIFT=channel_shift is not None, HAS_IMAGE_SHIFT=image_shift is not None,
     )  # fmt: skip
@@ -190,6 +191,10 @@ def _normalise_in_three_kernels(
         x, out, scale_and_shift[0], scale_and_shift[1], pixels, channels, CHANNELS_BLOCK=channels_block,
         ROWS_BLOCK=normalise_rows, SILU=silu, num_warps=NORMALISE_WARPS,
     )  # fmt: skip
+
+
+def _row_stride(image_shift: torch.Tensor | None) -> int:
+    return 0 if image_shift is None else image_shift.stride(0)
 
 
 def _rows_per_tile(tile: int, channels_block: int) -> int:

@@ -10,7 +10,8 @@ How: conv1 runs without its bias. Its bias plus the projected time embedding, an
 shift, enters the second GroupNorm's statistics and affine terms instead of the tensor (a per-channel
 shift moves a channel's mean, not its deviations). Both GroupNorms apply SiLU as they write, conv2's bias
 joins a 1x1 shortcut's (one matrix product, sd_core/channels_last.py) or, without a shortcut, the residual
-add (one kernel), and the division is skipped when the factor is 1. Same arithmetic, in fp32 inside the
+add (one kernel), and the division is skipped when the factor is 1. The blocks' time-embedding
+projections run as one matrix product (sd_core/time_projection.py). Same arithmetic, in fp32 inside the
 kernels, rounded to half precision fewer times than stock. Blocks of another shape (up- or down-sampling,
 scale-shift time embedding, another activation) keep diffusers' forward; without the Triton kernels (CPU, no Triton, a
 kernel that fails to build) the GroupNorms run PyTorch's arithmetic on the same restructured block.
@@ -18,6 +19,7 @@ kernel that fails to build) the GroupNorms run PyTorch's arithmetic on the same 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -25,7 +27,8 @@ from diffusers.models.resnet import ResnetBlock2D
 
 from sd_core.channels_last import is_pointwise, pointwise_convolution
 from sd_core.group_norm import group_norm
-from sd_core.triton_support import KernelSwitch, route_forward
+from sd_core.time_projection import TimeProjections
+from sd_core.triton_support import KernelSwitch, route_forward, triton_available
 
 _SWITCH = KernelSwitch("residual add")
 # Elements one program of the residual add handles.
@@ -33,8 +36,19 @@ _ADD_BLOCK = 4096
 
 
 def use_fused_resnet_blocks(module: torch.nn.Module) -> int:
-    """Route every plain ``ResnetBlock2D`` inside ``module`` through ``fused_forward``; returns how many."""
-    return route_forward(module, ResnetBlock2D, fused_forward, applies=is_plain)
+    """Route every plain ``ResnetBlock2D`` inside ``module`` through ``fused_forward``, their time-embedding
+    projections stacked into one (sd_core/time_projection.py); returns how many."""
+    if not triton_available():
+        return 0
+    routed = [
+        block
+        for block in module.modules()
+        if isinstance(block, ResnetBlock2D) and "forward" not in block.__dict__ and is_plain(block)
+    ]
+    projected = [block for block in routed if block.time_emb_proj is not None and TimeProjections.projected_by(block)]
+    projections = TimeProjections(projected) if len(projected) > 1 else None
+    forward = functools.partial(fused_forward, time_projections=projections)
+    return route_forward(module, ResnetBlock2D, forward, applies=is_plain)
 
 
 def is_plain(block: ResnetBlock2D) -> bool:
@@ -51,9 +65,15 @@ def is_plain(block: ResnetBlock2D) -> bool:
 
 
 def fused_forward(
-    block: ResnetBlock2D, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args: Any, **kwargs: Any
+    block: ResnetBlock2D,
+    input_tensor: torch.Tensor,
+    temb: torch.Tensor | None,
+    *args: Any,
+    time_projections: TimeProjections | None = None,
+    **kwargs: Any,
 ) -> torch.Tensor:
-    """``ResnetBlock2D.forward`` (same arguments, same result) with the shift and SiLUs folded into the norms."""
+    """``ResnetBlock2D.forward`` (same arguments, same result) with the shift and SiLUs folded into the norms,
+    and the time embedding projected with the other blocks' (``time_projections``) where they were stacked."""
     if block.training:
         return ResnetBlock2D.forward(block, input_tensor, temb, *args, **kwargs)
     norm1, norm2, conv1 = block.norm1, block.norm2, block.conv1
@@ -61,7 +81,10 @@ def fused_forward(
     hidden = conv1._conv_forward(hidden, conv1.weight, None)  # the instance's own padding (seamless tiling)
     time_shift = None
     if block.time_emb_proj is not None and temb is not None:
-        time_shift = block.time_emb_proj(temb if block.skip_time_act else block.nonlinearity(temb))
+        if time_projections is not None and time_projections.covers(block):
+            time_shift = time_projections.of(block, temb)
+        else:
+            time_shift = block.time_emb_proj(temb if block.skip_time_act else block.nonlinearity(temb))
     shifts = (conv1.bias, time_shift)
     hidden = group_norm(hidden, norm2.num_groups, norm2.weight, norm2.bias, norm2.eps, shifts=shifts, silu=True)
     hidden = block.dropout(hidden)

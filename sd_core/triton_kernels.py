@@ -48,9 +48,9 @@ def chunk_statistics(
 
 @triton.jit
 def merge(
-    mean_ptr, deviation_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, scale_ptr, shift_ptr, pixels,
-    channels, group_size, chunk_rows, chunks, eps, CHUNKS_BLOCK: tl.constexpr, MEMBER_BLOCK: tl.constexpr,
-    HAS_CHANNEL_SHIFT: tl.constexpr, HAS_IMAGE_SHIFT: tl.constexpr,
+    mean_ptr, deviation_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, image_shift_stride, scale_ptr,
+    shift_ptr, pixels, channels, group_size, chunk_rows, chunks, eps, CHUNKS_BLOCK: tl.constexpr,
+    MEMBER_BLOCK: tl.constexpr, HAS_CHANNEL_SHIFT: tl.constexpr, HAS_IMAGE_SHIFT: tl.constexpr,
 ):  # fmt: skip
     """One group of one image: merge its channels' chunk statistics, fold in the affine weights as a
     per-channel scale and shift (so normalising is one multiply-add per element).
@@ -71,7 +71,8 @@ def merge(
     if HAS_CHANNEL_SHIFT:
         input_shift += tl.load(channel_shift_ptr + channel, mask=in_group, other=0.0).to(tl.float32)
     if HAS_IMAGE_SHIFT:
-        input_shift += tl.load(image_shift_ptr + image * channels + channel, mask=in_group, other=0.0).to(tl.float32)
+        at_image = image_shift_ptr + image * image_shift_stride
+        input_shift += tl.load(at_image + channel, mask=in_group, other=0.0).to(tl.float32)
     chunk_mean = tl.load(mean_ptr + at, mask=present, other=0.0) + input_shift[None, :]
     chunk_deviation = tl.load(deviation_ptr + at, mask=present, other=0.0)
     chunk_count = tl.where(present, tl.minimum(pixels - chunk * chunk_rows, chunk_rows).to(tl.float32), 0.0)
@@ -167,8 +168,8 @@ def add_with_channel_bias(a_ptr, b_ptr, bias_ptr, out_ptr, elements, channels, B
 
 @triton.jit
 def group_norm_per_group(
-    x_ptr, out_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, pixels, channels, group_size, eps,
-    MEMBER_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr, HAS_CHANNEL_SHIFT: tl.constexpr,
+    x_ptr, out_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, image_shift_stride, pixels, channels,
+    group_size, eps, MEMBER_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr, HAS_CHANNEL_SHIFT: tl.constexpr,
     HAS_IMAGE_SHIFT: tl.constexpr, SILU: tl.constexpr,
 ):  # fmt: skip
     """One group of one image, whole: its statistics (tiles merged with Chan's formula), then its normalised
@@ -183,7 +184,8 @@ def group_norm_per_group(
     if HAS_CHANNEL_SHIFT:
         input_shift += tl.load(channel_shift_ptr + channel, mask=in_group, other=0.0).to(tl.float32)
     if HAS_IMAGE_SHIFT:
-        input_shift += tl.load(image_shift_ptr + image * channels + channel, mask=in_group, other=0.0).to(tl.float32)
+        at_image = image_shift_ptr + image * image_shift_stride
+        input_shift += tl.load(at_image + channel, mask=in_group, other=0.0).to(tl.float32)
     image_at = image.to(tl.int64) * pixels * channels
     mean = tl.zeros([1], dtype=tl.float32)
     deviation = tl.zeros([1], dtype=tl.float32)

@@ -67,6 +67,18 @@ def test_input_shifts_and_silu_match_adding_then_activating(shifted, silu, monke
     torch.testing.assert_close(expected, F.silu(reference) if silu else reference)
 
 
+def test_image_shift_rows_may_lie_apart():
+    """The time projections of all ResNet blocks come as columns of one product (sd_core/time_projection.py)."""
+    x = channels_last((2, 64, 6, 6), offset=0.5)
+    generator = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(64, generator=generator), torch.randn(64, generator=generator)
+    wide = torch.randn(2, 200, generator=generator) * 3
+    shift = wide[:, 100:164]
+    got = group_norm_channels_last(x, 16, weight, bias, 1e-5, shifts=(None, shift), silu=True)
+    expected = F.silu(F.group_norm(x + shift[:, :, None, None], 16, weight, bias, 1e-5))
+    torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
+
+
 def test_chunks_of_several_tiles_merge_to_the_same_statistics(monkeypatch):
     """Large images (a VAE's) give each statistics program several tiles: merged tile by tile, then chunk by chunk."""
     monkeypatch.setattr(group_norm_module, "TILE", 256)
