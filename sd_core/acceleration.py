@@ -262,6 +262,7 @@ class CudaGraphAccelerator:
     def _capture_stream(self) -> torch.cuda.Stream:
         if self._stream is None:
             self._stream = torch.cuda.Stream()
+            _set_up_matrix_products(self._stream)
         return self._stream
 
     def _prepare(self, module: torch.nn.Module) -> None:
@@ -353,12 +354,12 @@ class CudaGraphAccelerator:
         try:
             side = self._capture_stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), _allocating_in(self._pool) as in_pool:
                 for _ in range(_WARMUP_CALLS):
                     eager(*static_args, **static_kwargs)
             torch.cuda.current_stream().wait_stream(side)
-            # The warm-up's activations would otherwise stay cached beside the graph's own pool.
-            torch.cuda.empty_cache()
+            if not in_pool:  # the warm-up's activations would otherwise stay cached beside the graph's own pool
+                torch.cuda.empty_cache()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, stream=side):
                 outputs = eager(*static_args, **static_kwargs)
@@ -432,6 +433,45 @@ class _CompiledForward:
                 log.warning("torch.compile failed, running %s eagerly: %s", self.forward.__qualname__, error)
                 self.compiled = None
         return self.forward(*args, **kwargs)
+
+
+@contextmanager
+def _allocating_in(pool: Any) -> Iterator[bool]:
+    """Within the block this thread's GPU allocations come from the graphs' memory pool; yields whether they do.
+
+    The warm-ups before a capture run in the pool the graph is then captured into: their activations take the
+    space reserved there (``_reserve``) instead of memory beside it, so a request's first run, which warms
+    up and captures every graph, peaks no higher than later ones. Only a pool that live graphs hold (it
+    outlives the block), and only where PyTorch offers the routing ``torch.cuda.use_mem_pool`` is made of;
+    elsewhere the warm-ups allocate as usual.
+    """
+    begin = getattr(torch._C, "_cuda_beginAllocateCurrentThreadToPool", None)
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    release = getattr(torch._C, "_cuda_releasePool", None)
+    if pool is None or begin is None or end is None or release is None:
+        yield False
+        return
+    device = torch.cuda.current_device()
+    begin(device, pool)
+    try:
+        yield True
+    finally:
+        end(device, pool)
+        release(device, pool)
+
+
+def _set_up_matrix_products(stream: torch.cuda.Stream) -> None:
+    """Run one small matrix product, with and without a bias, on ``stream``, outside any graph pool.
+
+    PyTorch gives each stream its cuBLAS workspace at the stream's first product and keeps it for good. Made
+    inside a warm-up routed to the graphs' pool, it would pin that pool's memory for as long as the process
+    lives, past the graphs' own release.
+    """
+    with torch.cuda.stream(stream):
+        a = torch.ones(16, 16, device=stream.device, dtype=torch.float16)
+        torch.nn.functional.linear(a, a, a[0])
+        torch.mm(a, a)
+    torch.cuda.current_stream().wait_stream(stream)
 
 
 def call_key(leaves: list[Any], spec: TreeSpec) -> tuple[Hashable, ...] | None:

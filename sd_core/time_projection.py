@@ -8,11 +8,14 @@ one product that reads the same weights.
 How: the blocks' projection weights and biases are stacked into one matrix, and each block's own weights
 become a view of its rows (one copy in memory, the module tree and state dict unchanged). The first block
 of a forward to see a time embedding projects it for all; the others take their columns of that result,
-while the very same, unmodified embedding tensor comes back. Each column is the dot product the block's own
+while the very same, unmodified embedding tensor comes back (not held: once the forward drops it, the
+product goes too). Each column is the dot product the block's own
 layer computes (summed in an order of cuBLAS's choosing, as ever).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +35,7 @@ class TimeProjections:
             start += rows
         self._weight = self._bias = torch.empty(0)
         self._stack()
-        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._last: tuple[weakref.ref, int, torch.Tensor] | None = None
 
     @staticmethod
     def projected_by(block: ResnetBlock2D) -> bool:
@@ -51,13 +54,17 @@ class TimeProjections:
     def of(self, block: ResnetBlock2D, embedding: torch.Tensor) -> torch.Tensor:
         """``block.time_emb_proj(silu(embedding))``, from one product for all the blocks."""
         last = self._last
-        if last is None or last[0] is not embedding or last[1] != embedding._version:
+        if last is None or last[0]() is not embedding or last[1] != embedding._version:
             if not self._still_stacked():  # the network was moved or its weights replaced
                 self._stack()
             projected = F.linear(F.silu(embedding), self._weight, self._bias)
-            # Holding the embedding keeps its memory, and so its identity, from passing to another tensor.
-            last = self._last = (embedding, embedding._version, projected)
+            last = self._last = (weakref.ref(embedding, self._forget), embedding._version, projected)
         return last[2][:, self._columns[id(block)]]
+
+    def _forget(self, embedding: weakref.ref) -> None:
+        """The forward's embedding is gone: so goes its projection (memory a dropped CUDA graph pool may own)."""
+        if self._last is not None and self._last[0] is embedding:
+            self._last = None
 
     def _stack(self) -> None:
         layers = [block.time_emb_proj for block in self.blocks]

@@ -60,6 +60,8 @@ def test_one_product_serves_every_block_of_a_forward_and_a_new_embedding_is_proj
         embedding.mul_(2.0)  # changed in place: projected again
         doubled = projections.of(blocks[0], embedding)
         torch.testing.assert_close(doubled, blocks[0].time_emb_proj(torch.nn.functional.silu(embedding)))
+    del embedding, first, doubled  # the forward is over: nothing of it is kept
+    assert projections._last is None
 
 
 def test_moved_weights_are_stacked_again():
