@@ -5,13 +5,19 @@ pixels, channels) and read whole pixel rows, contiguous channels-last, so loads 
 GEGLU (sd_core/geglu.py): one pass over a transformer feed-forward's projection.
 LayerNorm with the residual add before it, and the residual add with a convolution's bias
 (sd_core/transformer_block.py, sd_core/resnet_block.py).
+
+Triton compiles a kernel again for each new combination of its integer arguments' divisibility by 16 (and
+equality to 1), about 0.4 s each on an H100 host. Sizes that only bound loops and masks are exempt
+(``do_not_specialize``), so a new image size does not compile its own variants of them. The first image with
+an empty cache still compiles some 44 variants (19 s for SD1.5 + ControlNet, 2.5 s once they are on disk:
+benchmarks/README.md).
 """
 
 import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pixels", "chunk_rows"])
 def chunk_statistics(
     x_ptr, mean_ptr, deviation_ptr, pixels, channels, chunk_rows, CHANNELS_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr
 ):
@@ -46,7 +52,7 @@ def chunk_statistics(
     tl.store(deviation_ptr + at, deviation, mask=channel < channels)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["image_shift_stride", "pixels", "channels", "group_size", "chunk_rows", "chunks"])
 def merge(
     mean_ptr, deviation_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, image_shift_stride, scale_ptr,
     shift_ptr, pixels, channels, group_size, chunk_rows, chunks, eps, CHUNKS_BLOCK: tl.constexpr,
@@ -87,7 +93,7 @@ def merge(
     tl.store(shift_ptr + image * channels + channel, shift, mask=in_group)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pixels"])
 def normalise(
     x_ptr, out_ptr, scale_ptr, shift_ptr, pixels, channels, CHANNELS_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr,
     SILU: tl.constexpr,
@@ -124,7 +130,7 @@ def geglu(x_ptr, out_ptr, inner, BLOCK: tl.constexpr):
     tl.store(out_ptr + row * inner + column, (value * gelu).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])
 def layer_norm(
     x_ptr, bias_ptr, residual_ptr, weight_ptr, norm_bias_ptr, sum_ptr, out_ptr, rows, width, eps,
     ADD: tl.constexpr, WIDTH_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr,
@@ -155,7 +161,7 @@ def layer_norm(
     tl.store(out_ptr + where, normalised.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["elements"])
 def add_with_channel_bias(a_ptr, b_ptr, bias_ptr, out_ptr, elements, channels, BLOCK: tl.constexpr):
     """``a + bias + b`` over channels-last (or any channels-innermost) tensors, the bias one per channel."""
     at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -166,7 +172,7 @@ def add_with_channel_bias(a_ptr, b_ptr, bias_ptr, out_ptr, elements, channels, B
     tl.store(out_ptr + at, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["image_shift_stride", "pixels", "group_size"])
 def group_norm_per_group(
     x_ptr, out_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, image_shift_stride, pixels, channels,
     group_size, eps, MEMBER_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr, HAS_CHANNEL_SHIFT: tl.constexpr,
