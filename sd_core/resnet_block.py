@@ -25,14 +25,11 @@ from typing import Any
 import torch
 from diffusers.models.resnet import ResnetBlock2D
 
+from sd_core.channel_bias import add_with_channel_bias
 from sd_core.channels_last import is_pointwise, pointwise_convolution
 from sd_core.group_norm import group_norm
 from sd_core.time_projection import TimeProjections
-from sd_core.triton_support import KernelSwitch, route_forward, triton_available
-
-_SWITCH = KernelSwitch("residual add")
-# Elements one program of the residual add handles.
-_ADD_BLOCK = 4096
+from sd_core.triton_support import route_forward, triton_available
 
 
 def use_fused_resnet_blocks(module: torch.nn.Module) -> int:
@@ -103,34 +100,3 @@ def fused_forward(
         hidden, shortcut = conv2(hidden), shortcut_conv(input_tensor)
     output = shortcut + hidden
     return output if block.output_scale_factor == 1.0 else output / block.output_scale_factor
-
-
-def add_with_channel_bias(update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """``update + bias + residual`` for (N, C, H, W) tensors and a (C,) bias: one kernel where both tensors are
-    channels-last, PyTorch's two adds elsewhere."""
-
-    def plain() -> torch.Tensor:
-        return residual + (update + bias[:, None, None])
-
-    channels_last = torch.channels_last
-    if (
-        update.dim() == 4
-        and residual.shape == update.shape
-        and residual.dtype == update.dtype
-        and update.is_contiguous(memory_format=channels_last)
-        and residual.is_contiguous(memory_format=channels_last)
-        and _SWITCH.usable(update)
-    ):
-        return _SWITCH.run(lambda: _launch_add(update, bias, residual), plain)
-    return plain()
-
-
-def _launch_add(update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    from sd_core import triton_kernels
-
-    out = torch.empty_like(update)  # channels-last, like its inputs
-    elements = update.numel()
-    triton_kernels.add_with_channel_bias[(-(-elements // _ADD_BLOCK),)](
-        update, residual, bias, out, elements, update.shape[1], BLOCK=_ADD_BLOCK, num_warps=4
-    )
-    return out

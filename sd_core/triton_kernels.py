@@ -161,15 +161,23 @@ def layer_norm(
     tl.store(out_ptr + where, normalised.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["elements"])
-def add_with_channel_bias(a_ptr, b_ptr, bias_ptr, out_ptr, elements, channels, BLOCK: tl.constexpr):
-    """``a + bias + b`` over channels-last (or any channels-innermost) tensors, the bias one per channel."""
-    at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = at < elements
-    total = tl.load(a_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    total += tl.load(bias_ptr + at % channels, mask=mask, other=0.0).to(tl.float32)
-    total += tl.load(b_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + at, total.to(out_ptr.dtype.element_ty), mask=mask)
+@triton.jit(do_not_specialize=["rows"])
+def add_with_channel_bias(
+    a_ptr, b_ptr, bias_ptr, out_ptr, rows, channels, HAS_RESIDUAL: tl.constexpr, CHANNELS_BLOCK: tl.constexpr,
+    ROWS_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One tile of pixel rows of channels-last tensors: ``a + bias (+ b)``, the bias one per channel (loaded
+    once a tile: no per-element index arithmetic). ``out`` may be ``a``."""
+    row = tl.program_id(0) * ROWS_BLOCK + tl.arange(0, ROWS_BLOCK)[:, None]
+    channel = tl.arange(0, CHANNELS_BLOCK)
+    in_row = channel < channels
+    mask = (row < rows) & in_row[None, :]
+    where = row.to(tl.int64) * channels + channel[None, :]
+    total = tl.load(a_ptr + where, mask=mask, other=0.0).to(tl.float32)
+    total += tl.load(bias_ptr + channel, mask=in_row, other=0.0).to(tl.float32)[None, :]
+    if HAS_RESIDUAL:
+        total += tl.load(b_ptr + where, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + where, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["image_shift_stride", "pixels", "group_size"])

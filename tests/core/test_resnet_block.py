@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers.models.resnet import ResnetBlock2D
 
+from sd_core import channel_bias
 from sd_core import group_norm as group_norm_module
-from sd_core import resnet_block as resnet_block_module
 from sd_core.resnet_block import fused_forward, is_plain, use_fused_resnet_blocks
 from sd_core.tiling import seamless
 
@@ -49,9 +49,9 @@ def test_triton_kernels_match_diffusers(name, monkeypatch):
     monkeypatch.setattr(
         group_norm_module, "group_norm_channels_last", lambda *args: ran.append(args[-1]) or kernel(*args)
     )
-    monkeypatch.setattr(resnet_block_module._SWITCH, "usable", lambda tensor: True)
-    add = resnet_block_module._launch_add
-    monkeypatch.setattr(resnet_block_module, "_launch_add", lambda *args: ran.append("add") or add(*args))
+    monkeypatch.setattr(channel_bias._SWITCH, "usable", lambda tensor: True)
+    add = channel_bias._launch
+    monkeypatch.setattr(channel_bias, "_launch", lambda *args: ran.append("add") or add(*args))
     block, x, temb = block_and_inputs(BLOCKS[name], seed=1)
     with torch.no_grad():
         expected = block(x, temb)

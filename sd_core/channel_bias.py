@@ -1,0 +1,80 @@
+"""A convolution's bias added in one vectorised pass over channels-last activations, with the residual if any.
+
+Why: PyTorch adds a cuDNN convolution's bias in a kernel of its own, and on a channels-last output that kernel
+broadcasts without vector loads: 11 µs a call on an H100 in one SD1.5 + ControlNet request, 232 calls, most of
+them in the VAE's large activations (benchmarks/results/h100-2026-11-27-session4-sd15.profile.txt). One
+Triton pass reads each element once, in wide loads, and can add a ResNet block's residual in the same pass
+(sd_core/resnet_block.py).
+
+Convolutions routed here (3x3 and other spatial ones with a bias; 1x1 ones are matrix products already:
+sd_core/channels_last.py) run cuDNN without the bias, then this. Anything else (CPU, NCHW, no Triton, a
+kernel that fails to build: sd_core/triton_support.py) adds the bias the way PyTorch does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sd_core.channels_last import is_pointwise
+from sd_core.triton_support import KernelSwitch, route_forward
+
+_SWITCH = KernelSwitch("bias add")
+# Elements (pixel rows x padded channels) one program handles.
+_TILE = 4096
+
+
+def use_fused_convolution_biases(module: torch.nn.Module) -> int:
+    """Route every spatial ``nn.Conv2d`` with a bias inside ``module`` through ``biased_convolution``."""
+    return route_forward(module, torch.nn.Conv2d, biased_convolution, applies=_spatial_with_bias)
+
+
+def _spatial_with_bias(conv: torch.nn.Conv2d) -> bool:
+    return conv.bias is not None and not is_pointwise(conv)
+
+
+def biased_convolution(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``: cuDNN's convolution without the bias, then the bias in one pass where it applies."""
+    if not _runs_in_triton(x):
+        return conv._conv_forward(x, conv.weight, conv.bias)
+    return add_with_channel_bias(conv._conv_forward(x, conv.weight, None), conv.bias)
+
+
+def add_with_channel_bias(
+    update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``update + bias`` (plus ``residual``) for (N, C, H, W) tensors and a (C,) bias: one kernel where they
+    are channels-last, written over ``update`` (a convolution's output of the caller's own); PyTorch's adds
+    elsewhere."""
+
+    def plain() -> torch.Tensor:
+        biased = update + bias[:, None, None]
+        return biased if residual is None else residual + biased
+
+    alike = residual is None or (
+        residual.shape == update.shape
+        and residual.dtype == update.dtype
+        and residual.is_contiguous(memory_format=torch.channels_last)
+    )
+    if alike and _runs_in_triton(update):
+        return _SWITCH.run(lambda: _launch(update, bias, residual), plain)
+    return plain()
+
+
+def _runs_in_triton(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and _SWITCH.usable(x)
+
+
+def _launch(update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """In place: ``update`` is a convolution's fresh output that nothing else holds, and writing the sum over it
+    needs no memory beside it (an activation as large as the VAE decoder's, 64 MiB at 512²)."""
+    from sd_core import triton_kernels
+
+    channels = update.shape[1]
+    channels_block = 1 << (channels - 1).bit_length()
+    rows_block = 1 << (max(1, _TILE // channels_block).bit_length() - 1)
+    rows = update.numel() // channels
+    triton_kernels.add_with_channel_bias[(-(-rows // rows_block),)](
+        update, update if residual is None else residual, bias, update, rows, channels,
+        HAS_RESIDUAL=residual is not None, CHANNELS_BLOCK=channels_block, ROWS_BLOCK=rows_block, num_warps=4,
+    )  # fmt: skip
+    return update
