@@ -7,8 +7,10 @@ Triton pass reads each element once, in wide loads, and can add a ResNet block's
 (sd_core/resnet_block.py).
 
 Convolutions routed here (3x3 and other spatial ones with a bias; 1x1 ones are matrix products already:
-sd_core/channels_last.py) run cuDNN without the bias, then this. Anything else (CPU, NCHW, no Triton, a
-kernel that fails to build: sd_core/triton_support.py) adds the bias the way PyTorch does.
+sd_core/channels_last.py) run cuDNN without the bias, then this, over the convolution's output (a second
+activation beside it would raise the VAE decoder's peak by 64 MiB at 512²). Anything else (NCHW, fewer than
+128 channels, no Triton, a kernel that fails to build: sd_core/triton_support.py) adds the bias in place the
+way PyTorch does; off CUDA the convolution keeps its own bias.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from sd_core.channels_last import is_pointwise
 from sd_core.triton_support import KernelSwitch, route_forward
 
 _SWITCH = KernelSwitch("bias add")
-# Elements (pixel rows x padded channels) one program handles.
-_TILE = 4096
+# A program's tile: pixel rows x channels. The channel block is fixed (one compiled variant for every width);
+# narrower activations (a VAE's 3 output channels, a ControlNet embedding's 16) keep PyTorch's add.
+_ROWS_BLOCK = 32
+_CHANNELS_BLOCK = 128
 
 
 def use_fused_convolution_biases(module: torch.nn.Module) -> int:
@@ -29,12 +33,12 @@ def use_fused_convolution_biases(module: torch.nn.Module) -> int:
 
 
 def _spatial_with_bias(conv: torch.nn.Conv2d) -> bool:
-    return conv.bias is not None and not is_pointwise(conv)
+    return conv.bias is not None and not is_pointwise(conv) and conv.out_channels >= _CHANNELS_BLOCK
 
 
 def biased_convolution(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``: cuDNN's convolution without the bias, then the bias in one pass where it applies."""
-    if not _runs_in_triton(x):
+    if not _SWITCH.usable(x):
         return conv._conv_forward(x, conv.weight, conv.bias)
     return add_with_channel_bias(conv._conv_forward(x, conv.weight, None), conv.bias)
 
@@ -42,39 +46,40 @@ def biased_convolution(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 def add_with_channel_bias(
     update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``update + bias`` (plus ``residual``) for (N, C, H, W) tensors and a (C,) bias: one kernel where they
-    are channels-last, written over ``update`` (a convolution's output of the caller's own); PyTorch's adds
-    elsewhere."""
-
-    def plain() -> torch.Tensor:
-        biased = update + bias[:, None, None]
-        return biased if residual is None else residual + biased
-
+    """``update + bias`` (plus ``residual``) for (N, C, H, W) tensors and a (C,) bias, written over ``update``
+    (a convolution's output of the caller's own, so no memory beside it is needed): one kernel where the
+    tensors are channels-last, PyTorch's in-place adds elsewhere."""
     alike = residual is None or (
         residual.shape == update.shape
         and residual.dtype == update.dtype
         and residual.is_contiguous(memory_format=torch.channels_last)
     )
     if alike and _runs_in_triton(update):
-        return _SWITCH.run(lambda: _launch(update, bias, residual), plain)
-    return plain()
+        return _SWITCH.run(lambda: _launch(update, bias, residual), lambda: _plain(update, bias, residual))
+    return _plain(update, bias, residual)
+
+
+def _plain(update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    update.add_(bias[:, None, None])
+    return update if residual is None else update.add_(residual)
 
 
 def _runs_in_triton(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and _SWITCH.usable(x)
+    return (
+        x.dim() == 4
+        and x.shape[1] >= _CHANNELS_BLOCK
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and _SWITCH.usable(x)
+    )
 
 
 def _launch(update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-    """In place: ``update`` is a convolution's fresh output that nothing else holds, and writing the sum over it
-    needs no memory beside it (an activation as large as the VAE decoder's, 64 MiB at 512²)."""
     from sd_core import triton_kernels
 
     channels = update.shape[1]
-    channels_block = 1 << (channels - 1).bit_length()
-    rows_block = 1 << (max(1, _TILE // channels_block).bit_length() - 1)
     rows = update.numel() // channels
-    triton_kernels.add_with_channel_bias[(-(-rows // rows_block),)](
+    triton_kernels.add_with_channel_bias[(-(-rows // _ROWS_BLOCK), -(-channels // _CHANNELS_BLOCK))](
         update, update if residual is None else residual, bias, update, rows, channels,
-        HAS_RESIDUAL=residual is not None, CHANNELS_BLOCK=channels_block, ROWS_BLOCK=rows_block, num_warps=4,
+        HAS_RESIDUAL=residual is not None, CHANNELS_BLOCK=_CHANNELS_BLOCK, ROWS_BLOCK=_ROWS_BLOCK, num_warps=4,
     )  # fmt: skip
     return update

@@ -161,15 +161,16 @@ def layer_norm(
     tl.store(out_ptr + where, normalised.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["rows"])
+@triton.jit(do_not_specialize=["rows", "channels"])
 def add_with_channel_bias(
     a_ptr, b_ptr, bias_ptr, out_ptr, rows, channels, HAS_RESIDUAL: tl.constexpr, CHANNELS_BLOCK: tl.constexpr,
     ROWS_BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """One tile of pixel rows of channels-last tensors: ``a + bias (+ b)``, the bias one per channel (loaded
-    once a tile: no per-element index arithmetic). ``out`` may be ``a``."""
+    """One tile (pixel rows x a block of channels) of channels-last tensors: ``a + bias (+ b)``, the bias one
+    per channel, loaded once a tile (no per-element index arithmetic). ``out`` may be ``a``. The channel block
+    is fixed, so any channel count runs the same two compiled variants."""
     row = tl.program_id(0) * ROWS_BLOCK + tl.arange(0, ROWS_BLOCK)[:, None]
-    channel = tl.arange(0, CHANNELS_BLOCK)
+    channel = tl.program_id(1) * CHANNELS_BLOCK + tl.arange(0, CHANNELS_BLOCK)
     in_row = channel < channels
     mask = (row < rows) & in_row[None, :]
     where = row.to(tl.int64) * channels + channel[None, :]

@@ -3,6 +3,7 @@ Triton's interpreter on the CPU (tests/conftest.py), against the convolution's o
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sd_core import channel_bias
@@ -13,10 +14,11 @@ from sd_core.tiling import seamless
 def convolutions() -> torch.nn.Sequential:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(8, 12, 3, padding=1),  # routed
-        torch.nn.Conv2d(12, 12, 3, padding=1, stride=2),  # a downsampler: routed
-        torch.nn.Conv2d(12, 6, 1),  # pointwise: a matrix product elsewhere (channels_last.py)
+        torch.nn.Conv2d(8, 160, 3, padding=1),  # routed (160: a channel block and a part)
+        torch.nn.Conv2d(160, 128, 3, padding=1, stride=2),  # a downsampler: routed
+        torch.nn.Conv2d(128, 6, 1),  # pointwise: a matrix product elsewhere (channels_last.py)
         torch.nn.Conv2d(6, 6, 3, padding=1, bias=False),  # nothing to add
+        torch.nn.Conv2d(6, 4, 3, padding=1),  # too narrow for the kernel's channel block: PyTorch's add
     ).eval()
 
 
@@ -44,9 +46,10 @@ def test_spatial_convolutions_with_a_bias_are_routed_and_compute_the_same(monkey
 
 def test_nchw_activations_take_pytorch_s_own_bias_add(monkeypatch):
     monkeypatch.setattr(channel_bias._SWITCH, "usable", lambda tensor: True)
+    monkeypatch.setattr(channel_bias, "_launch", lambda *args: pytest.fail("the kernel ran on NCHW"))
     model = convolutions()
     x = torch.randn(2, 8, 9, 7)
     with torch.no_grad():
         expected = model(x)
         use_fused_convolution_biases(model)
-        assert torch.equal(model(x), expected)
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
