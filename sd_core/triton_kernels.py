@@ -3,14 +3,14 @@
 GroupNorm (launched and explained by sd_core/group_norm.py): the kernels view the activations as (images,
 pixels, channels) and read whole pixel rows, contiguous channels-last, so loads are wide and coalesced.
 GEGLU (sd_core/geglu.py): one pass over a transformer feed-forward's projection.
-LayerNorm with the residual add before it, and the residual add with a convolution's bias
-(sd_core/transformer_block.py, sd_core/resnet_block.py).
+LayerNorm with the residual add before it (sd_core/layer_norm.py), and a convolution's bias with the residual
+add after it (sd_core/channel_bias.py).
 
 Triton compiles a kernel again for each new combination of its integer arguments' divisibility by 16 (and
-equality to 1), about 0.4 s each on an H100 host. Sizes that only bound loops and masks are exempt
-(``do_not_specialize``), so a new image size does not compile its own variants of them. The first image with
-an empty cache still compiles some 44 variants (19 s for SD1.5 + ControlNet, 2.5 s once they are on disk:
-benchmarks/README.md).
+equality to 1), and for each value of its compile-time constants: about 0.4 s each on an H100's host. Sizes
+that only bound loops and masks are exempt (``do_not_specialize``), so a new image size does not compile its
+own variants of them. With an empty cache SD1.5 + ControlNet's first image took 14.2 s on an H100, 2.5 s with
+the kernels cached on disk (benchmarks/README.md).
 """
 
 import triton
