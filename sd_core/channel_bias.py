@@ -2,7 +2,7 @@
 
 Why: PyTorch adds a cuDNN convolution's bias in a kernel of its own, and on a channels-last output that kernel
 broadcasts without vector loads: 11 µs a call on an H100 in one SD1.5 + ControlNet request, 232 calls, most of
-them in the VAE's large activations (benchmarks/results/h100-2026-11-27-session4-sd15.profile.txt). One
+them in the VAE's large activations (benchmarks/results/h100-2026-11-26-session4-sd15.profile.txt). One
 Triton pass reads each element once, in wide loads, and can add a ResNet block's residual in the same pass
 (sd_core/resnet_block.py).
 

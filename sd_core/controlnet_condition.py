@@ -3,7 +3,7 @@
 Why: diffusers' ``ControlNetModel`` runs its conditioning embedding (eight convolutions of 16 to 256 channels
 over the full-size control image) inside every step's forward, on the same image every step: 0.34 ms of
 SD1.5's 9.5 ms step at 512² on an H100, 1.25 ms of SDXL's 48 ms at 1024²
-(benchmarks/results/h100-2026-11-27-session4-steps.json). The image does not change within a generation, so
+(benchmarks/results/h100-2026-11-26-session4-steps.json). The image does not change within a generation, so
 neither does its embedding.
 
 How: on the graph path (sd_core/acceleration.py) a ControlNet called with a ``controlnet_cond`` image is given

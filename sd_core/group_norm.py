@@ -41,7 +41,7 @@ _MAX_CHUNKS = 64
 # A group of at most this many elements (pixels x channels a group) is normalised whole by one program, in one
 # kernel: at a UNet's deepest level (8² latents) the three kernels' launches cost more than their parallelism
 # gains (H100: 9.5 -> 5.9 µs for SD1.5's 1280 channels), above it spreading the work wins (14 against 47 µs at
-# 64²). Threshold, tile and warps from benchmarks/results/h100-2026-11-27-session4-group-norm-paths.json.
+# 64²). Threshold, tile and warps from benchmarks/results/h100-2026-11-26-session4-group-norm-paths.json.
 SMALL_GROUP = 8192
 SMALL_GROUP_TILE = 4096
 SMALL_GROUP_WARPS = 8
