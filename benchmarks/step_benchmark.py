@@ -1,0 +1,147 @@
+"""One denoising step of the accelerated networks, and the kernel choices behind it, timed in CUDA graphs.
+
+``gpu_benchmark.py`` times whole requests through sd_core's API; this times what a step is made of, as the
+graph path replays it: the prepared UNet and ControlNet of a family (real-size, random fp16 weights, batch 2
+for classifier-free guidance, 512² for SD1.5, 1024² for SDXL) captured together in one CUDA graph, and the
+ControlNet's conditioning embedding alone (which sd_core runs once per generation, not every step:
+sd_core/controlnet_condition.py). With ``--kernels`` also the measurements behind constants in sd_core: the
+SDPA backends on SD's attention shapes, LayerNorm tiles (sd_core/layer_norm.py), and GroupNorm's two paths,
+three kernels or each group whole, with the latter's tiles (sd_core/group_norm.py).
+
+    python benchmarks/step_benchmark.py --families sd1 sdxl --kernels --out benchmarks/results/steps.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from group_norm_benchmark import graphed_ms
+from profile_ops import build_denoisers, denoising_step
+
+from sd_core import group_norm, layer_norm
+from sd_core.acceleration import CudaGraphAccelerator
+
+# GroupNorm shapes (channels, side) of SD1.5's and SDXL's UNets and SD's VAE decoder, batch 2, 32 groups.
+GROUP_NORM_SHAPES = [
+    (320, 64), (640, 64), (960, 64), (640, 32), (960, 32), (1280, 32), (1920, 32), (1280, 16), (1920, 16),
+    (2560, 16), (1280, 8), (2560, 8), (320, 128), (640, 128), (512, 64), (512, 128), (256, 256),
+]  # fmt: skip
+LAYER_NORM_SHAPES = [(2, 4096, 320), (2, 1024, 640), (2, 256, 1280), (2, 4096, 640), (2, 1024, 1280)]
+# (batch, heads, queries, head width, keys): SD1.5's and SDXL's self- and cross-attention.
+ATTENTION_SHAPES = {
+    "sd1 64²": (2, 8, 4096, 40, 4096),
+    "sd1 32²": (2, 8, 1024, 80, 1024),
+    "sd1 cross": (2, 8, 4096, 40, 77),
+    "sdxl 64²": (2, 10, 4096, 64, 4096),
+    "sdxl 32²": (2, 20, 1024, 64, 1024),
+    "sdxl cross": (2, 20, 1024, 64, 77),
+}
+
+
+def step(family: str) -> dict[str, float]:
+    unet, controlnet = build_denoisers(family)
+    accelerator = CudaGraphAccelerator()
+    for module in (unet, controlnet):
+        accelerator._prepare(module)
+    size = 512 if family == "sd1" else 1024
+    control = torch.rand(2, 3, size, size, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        whole = graphed_ms(denoising_step(unet, controlnet, family))
+        embedding = graphed_ms(functools.partial(controlnet.controlnet_cond_embedding, control))
+    del unet, controlnet
+    torch.cuda.empty_cache()
+    return {"graph_step_ms": whole, "cond_embedding_ms": embedding, "step_without_embedding_ms": whole - embedding}
+
+
+def attention_backends() -> dict[str, dict[str, Any]]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    results: dict[str, dict[str, Any]] = {}
+    for name, (batch, heads, queries, width, keys) in ATTENTION_SHAPES.items():
+        half = {"device": "cuda", "dtype": torch.float16}
+        q = torch.randn(batch, heads, queries, width, **half)
+        k, v = (torch.randn(batch, heads, keys, width, **half) for _ in range(2))
+        results[name] = {}
+        for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            try:
+                with sdpa_kernel([backend]):
+                    results[name][backend.name] = graphed_ms(functools.partial(F.scaled_dot_product_attention, q, k, v))
+            except RuntimeError as error:  # a backend that does not take this shape
+                results[name][backend.name] = str(error)[:80]
+    return results
+
+
+def layer_norm_tiles() -> dict[str, dict[str, float]]:
+    tile, warps = layer_norm.TILE, layer_norm.WARPS
+    results: dict[str, dict[str, float]] = {}
+    for shape in LAYER_NORM_SHAPES:
+        half = {"device": "cuda", "dtype": torch.float16}
+        x, residual, bias = torch.randn(shape, **half), torch.randn(shape, **half), torch.randn(shape[-1], **half)
+        norm = torch.nn.LayerNorm(shape[-1], **half)
+        fused = functools.partial(layer_norm.add_layer_norm, x, bias, residual, norm)
+        with torch.no_grad():
+            row = {"pytorch add + norm": graphed_ms(functools.partial(_add_then_norm, x, bias, residual, norm))}
+            for layer_norm.TILE in (1024, 2048, 4096, 8192):
+                for layer_norm.WARPS in (2, 4, 8):
+                    row[f"tile {layer_norm.TILE}, {layer_norm.WARPS} warps"] = graphed_ms(fused)
+        results[str(shape)] = row
+    layer_norm.TILE, layer_norm.WARPS = tile, warps
+    return results
+
+
+def group_norm_paths() -> dict[str, dict[str, float]]:
+    saved = group_norm.SMALL_GROUP, group_norm.SMALL_GROUP_TILE, group_norm.SMALL_GROUP_WARPS
+    results: dict[str, dict[str, float]] = {}
+    for channels, side in GROUP_NORM_SHAPES:
+        half = {"device": "cuda", "dtype": torch.float16}
+        x = torch.randn(2, channels, side, side, **half).to(memory_format=torch.channels_last)
+        weight, bias = torch.randn(channels, **half), torch.randn(channels, **half)
+        shifts = (torch.randn(channels, **half), torch.randn(2, channels, **half))
+        normalise = functools.partial(group_norm.group_norm_channels_last, x, 32, weight, bias, 1e-5, shifts, True)
+        row = {"elements a group": side * side * channels // 32}
+        group_norm.SMALL_GROUP = 0
+        row["three kernels"] = graphed_ms(normalise)
+        group_norm.SMALL_GROUP = 2**62
+        for group_norm.SMALL_GROUP_TILE in (1024, 2048, 4096):
+            for group_norm.SMALL_GROUP_WARPS in (2, 4, 8):
+                key = f"whole, tile {group_norm.SMALL_GROUP_TILE}, {group_norm.SMALL_GROUP_WARPS} warps"
+                row[key] = graphed_ms(normalise)
+        results[f"{channels}x{side}²"] = row
+    group_norm.SMALL_GROUP, group_norm.SMALL_GROUP_TILE, group_norm.SMALL_GROUP_WARPS = saved
+    return results
+
+
+def _add_then_norm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: torch.nn.LayerNorm):
+    return norm((x + bias) + residual)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", nargs="*", default=["sd1", "sdxl"], choices=["sd1", "sdxl"])
+    parser.add_argument("--kernels", action="store_true", help="also the SDPA, LayerNorm and GroupNorm sweeps")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    report: dict[str, Any] = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "unit": "ms"}
+    parts = {f"step {family}": (lambda family=family: step(family)) for family in args.families}
+    if args.kernels:
+        parts |= {"attention": attention_backends, "layer norm": layer_norm_tiles, "group norm": group_norm_paths}
+    for name, measure in parts.items():
+        report[name] = measure()
+        print(name, json.dumps(report[name]), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
