@@ -122,35 +122,21 @@ def group_norm_channels_last(
     if image_shift is not None and image_shift.stride(1) != 1:
         shifts = (channel_shift, image_shift.contiguous())  # rows may be apart (time_projection.py), not columns
     out = torch.empty_like(x)  # keeps the channels-last layout
-    if height * width * (channels // num_groups) <= SMALL_GROUP:
-        _normalise_each_group_whole(x, out, num_groups, weight, bias, eps, shifts, silu)
-    else:
+    group_size = channels // num_groups
+    if height * width * group_size > SMALL_GROUP:
         _normalise_in_three_kernels(x, out, num_groups, weight, bias, eps, shifts, silu)
-    return out
-
-
-def _normalise_each_group_whole(
-    x: torch.Tensor,
-    out: torch.Tensor,
-    num_groups: int,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-    shifts: Shifts,
-    silu: bool,
-) -> None:
+        return out
     from sd_core import triton_kernels as kernels
 
-    images, channels, height, width = x.shape
-    group_size = channels // num_groups
     member_block = _next_power_of_two(group_size)
     channel_shift, image_shift = shifts
-    kernels.group_norm_per_group[(num_groups, images)](
+    kernels.group_norm_per_group[(num_groups, x.shape[0])](
         x, out, weight, bias, channel_shift, image_shift, _row_stride(image_shift), height * width, channels,
         group_size, eps, MEMBER_BLOCK=member_block, ROWS_BLOCK=_rows_per_tile(SMALL_GROUP_TILE, member_block),
         HAS_CHANNEL_SHIFT=channel_shift is not None, HAS_IMAGE_SHIFT=image_shift is not None, SILU=silu,
         num_warps=SMALL_GROUP_WARPS,
     )  # fmt: skip
+    return out
 
 
 def _normalise_in_three_kernels(

@@ -52,6 +52,22 @@ def chunk_statistics(
     tl.store(deviation_ptr + at, deviation, mask=channel < channels)
 
 
+@triton.jit
+def _input_shift(
+    channel_shift_ptr, image_shift_ptr, image_shift_stride, image, channel, in_group, MEMBER_BLOCK: tl.constexpr,
+    HAS_CHANNEL_SHIFT: tl.constexpr, HAS_IMAGE_SHIFT: tl.constexpr,
+):  # fmt: skip
+    """The shift added to one image's ``channel``s before normalising: a per-channel one, a per-image-and-channel
+    one (rows ``image_shift_stride`` apart), both, or none."""
+    input_shift = tl.zeros([MEMBER_BLOCK], dtype=tl.float32)
+    if HAS_CHANNEL_SHIFT:
+        input_shift += tl.load(channel_shift_ptr + channel, mask=in_group, other=0.0).to(tl.float32)
+    if HAS_IMAGE_SHIFT:
+        at_image = image_shift_ptr + image * image_shift_stride
+        input_shift += tl.load(at_image + channel, mask=in_group, other=0.0).to(tl.float32)
+    return input_shift
+
+
 @triton.jit(do_not_specialize=["image_shift_stride", "pixels", "channels", "group_size", "chunk_rows", "chunks"])
 def merge(
     mean_ptr, deviation_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, image_shift_stride, scale_ptr,
@@ -73,12 +89,10 @@ def merge(
     in_group = member < group_size
     present = (chunk < chunks) & in_group[None, :]
     at = (image * chunks + chunk) * channels + channel[None, :]
-    input_shift = tl.zeros([MEMBER_BLOCK], dtype=tl.float32)
-    if HAS_CHANNEL_SHIFT:
-        input_shift += tl.load(channel_shift_ptr + channel, mask=in_group, other=0.0).to(tl.float32)
-    if HAS_IMAGE_SHIFT:
-        at_image = image_shift_ptr + image * image_shift_stride
-        input_shift += tl.load(at_image + channel, mask=in_group, other=0.0).to(tl.float32)
+    input_shift = _input_shift(
+        channel_shift_ptr, image_shift_ptr, image_shift_stride, image, channel, in_group, MEMBER_BLOCK,
+        HAS_CHANNEL_SHIFT, HAS_IMAGE_SHIFT,
+    )  # fmt: skip
     chunk_mean = tl.load(mean_ptr + at, mask=present, other=0.0) + input_shift[None, :]
     chunk_deviation = tl.load(deviation_ptr + at, mask=present, other=0.0)
     chunk_count = tl.where(present, tl.minimum(pixels - chunk * chunk_rows, chunk_rows).to(tl.float32), 0.0)
@@ -195,12 +209,10 @@ def group_norm_per_group(
     member = tl.arange(0, MEMBER_BLOCK)
     channel = group * group_size + member
     in_group = member < group_size
-    input_shift = tl.zeros([MEMBER_BLOCK], dtype=tl.float32)
-    if HAS_CHANNEL_SHIFT:
-        input_shift += tl.load(channel_shift_ptr + channel, mask=in_group, other=0.0).to(tl.float32)
-    if HAS_IMAGE_SHIFT:
-        at_image = image_shift_ptr + image * image_shift_stride
-        input_shift += tl.load(at_image + channel, mask=in_group, other=0.0).to(tl.float32)
+    input_shift = _input_shift(
+        channel_shift_ptr, image_shift_ptr, image_shift_stride, image, channel, in_group, MEMBER_BLOCK,
+        HAS_CHANNEL_SHIFT, HAS_IMAGE_SHIFT,
+    )  # fmt: skip
     image_at = image.to(tl.int64) * pixels * channels
     mean = tl.zeros([1], dtype=tl.float32)
     deviation = tl.zeros([1], dtype=tl.float32)
