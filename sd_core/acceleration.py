@@ -52,6 +52,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ class CudaGraphAccelerator:
         # One stream for every warm-up and capture: PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) per
         # stream a matrix product ran on, so a fresh stream per capture kept one more each time.
         self._stream: torch.cuda.Stream | None = None
+        self._threads_set_up: set[int] = set()  # threads whose cuBLAS workspace on that stream exists
         self._prepared: set[int] = set()
 
     @contextmanager
@@ -264,7 +266,10 @@ class CudaGraphAccelerator:
     def _capture_stream(self) -> torch.cuda.Stream:
         if self._stream is None:
             self._stream = torch.cuda.Stream()
+        # cuBLAS handles are per thread, and so are their workspaces on this stream: set up in each capturing one
+        if threading.get_ident() not in self._threads_set_up:
             _set_up_matrix_products(self._stream)
+            self._threads_set_up.add(threading.get_ident())
         return self._stream
 
     def _prepare(self, module: torch.nn.Module) -> None:
@@ -357,7 +362,8 @@ class CudaGraphAccelerator:
         try:
             side = self._capture_stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), _allocating_in(self._pool) as in_pool:
+            device = next(module.parameters()).device
+            with torch.cuda.stream(side), _allocating_in(self._pool, device) as in_pool:
                 for _ in range(_WARMUP_CALLS):
                     eager(*static_args, **static_kwargs)
             torch.cuda.current_stream().wait_stream(side)
@@ -439,8 +445,9 @@ class _CompiledForward:
 
 
 @contextmanager
-def _allocating_in(pool: Any) -> Iterator[bool]:
-    """Within the block this thread's GPU allocations come from the graphs' memory pool; yields whether they do.
+def _allocating_in(pool: Any, device: torch.device) -> Iterator[bool]:
+    """Within the block this thread's allocations on ``device`` come from the graphs' memory pool; yields whether
+    they do.
 
     The warm-ups before a capture run in the pool the graph is then captured into: their activations take the
     space reserved there (``_reserve``) instead of memory beside it, so a request's first run, which warms
@@ -451,16 +458,16 @@ def _allocating_in(pool: Any) -> Iterator[bool]:
     begin = getattr(torch._C, "_cuda_beginAllocateCurrentThreadToPool", None)
     end = getattr(torch._C, "_cuda_endAllocateToPool", None)
     release = getattr(torch._C, "_cuda_releasePool", None)
-    if pool is None or begin is None or end is None or release is None:
+    if pool is None or begin is None or end is None or release is None or device.type != "cuda":
         yield False
         return
-    device = torch.cuda.current_device()
-    begin(device, pool)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    begin(index, pool)
     try:
         yield True
     finally:
-        end(device, pool)
-        release(device, pool)
+        end(index, pool)
+        release(index, pool)
 
 
 def _set_up_matrix_products(stream: torch.cuda.Stream) -> None:
@@ -511,7 +518,7 @@ def graphable_modules(pipe: Any) -> list[torch.nn.Module]:
         modules.extend(members if members is not None else [controlnet])
     if _vae_stays_put(pipe):
         modules.extend([pipe.vae.encoder, pipe.vae.decoder])
-    return modules
+    return list(dict.fromkeys(modules))  # one ControlNet may serve several controls: wrap it once
 
 
 def _vae_stays_put(pipe: Any) -> bool:

@@ -57,7 +57,11 @@ def fused_forward(
     class_labels: Any = None,
     added_cond_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``BasicTransformerBlock.forward`` (same arguments, same result) with the residual adds in the norms."""
+    """``BasicTransformerBlock.forward`` (same arguments, same arithmetic) with the residual adds in the norms.
+
+    In half precision it rounds differently: stock rounds the output projection with its bias, then the sum;
+    here the projection is rounded, and bias and residual are added to it in fp32 and rounded once.
+    """
     if (
         block.training
         or hidden_states.dim() != 3

@@ -9,7 +9,8 @@ add after it (sd_core/channel_bias.py).
 Triton compiles a kernel again for each new combination of its integer arguments' divisibility by 16 (and
 equality to 1), and for each value of its compile-time constants: about 0.4 s each on an H100's host. Sizes
 that only bound loops and masks are exempt (``do_not_specialize``), so a new image size does not compile its
-own variants of them. With an empty cache SD1.5 + ControlNet's first image took 14.2 s on an H100, 2.5 s with
+own variants of them; channel counts stay specialised, since as row strides their divisibility is what lets
+Triton load 16 bytes at a time. With an empty cache SD1.5 + ControlNet's first image took 14.2 s on an H100, 2.5 s with
 the kernels cached on disk (benchmarks/README.md).
 """
 
@@ -68,7 +69,7 @@ def _input_shift(
     return input_shift
 
 
-@triton.jit(do_not_specialize=["image_shift_stride", "pixels", "channels", "group_size", "chunk_rows", "chunks"])
+@triton.jit(do_not_specialize=["image_shift_stride", "pixels", "group_size", "chunk_rows", "chunks"])
 def merge(
     mean_ptr, deviation_ptr, weight_ptr, bias_ptr, channel_shift_ptr, image_shift_ptr, image_shift_stride, scale_ptr,
     shift_ptr, pixels, channels, group_size, chunk_rows, chunks, eps, CHUNKS_BLOCK: tl.constexpr,
@@ -175,7 +176,7 @@ def layer_norm(
     tl.store(out_ptr + where, normalised.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["rows", "channels"])
+@triton.jit(do_not_specialize=["rows"])
 def add_with_channel_bias(
     a_ptr, b_ptr, bias_ptr, out_ptr, rows, channels, HAS_RESIDUAL: tl.constexpr, CHANNELS_BLOCK: tl.constexpr,
     ROWS_BLOCK: tl.constexpr,

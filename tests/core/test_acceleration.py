@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -110,6 +111,13 @@ def test_controlnet_conditioning_is_embedded_once_per_generation_with_the_same_p
     embedded.clear()
     engine.generate(two_controls)
     assert len(embedded) == 2  # a new generation embeds its images anew
+
+
+def test_a_controlnet_serving_two_controls_is_graphed_once():
+    """Wrapped twice, its outer wrapper would capture a replay of the inner one's graph under the same key."""
+    controlnet, unet = torch.nn.Conv2d(1, 1, 1), torch.nn.Conv2d(1, 1, 1)
+    pipe = SimpleNamespace(unet=unet, controlnet=SimpleNamespace(nets=[controlnet, controlnet]), vae=None)
+    assert graphable_modules(pipe) == [unet, controlnet]
 
 
 def test_a_control_image_changed_in_place_is_embedded_again_and_bgr_controlnets_are_left_alone():

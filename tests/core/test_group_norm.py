@@ -12,9 +12,9 @@ from sd_core.group_norm import group_norm, group_norm_channels_last, use_triton_
 from sd_core.triton_support import KernelSwitch, triton_available
 
 
-@pytest.fixture(autouse=True, params=["three kernels", "each group whole"])
+@pytest.fixture(params=["three kernels", "each group whole"])
 def kernel_path(request, monkeypatch) -> str:
-    """Every test runs both ways the kernels normalise: statistics, merge and normalise in three kernels (large
+    """Run a test both ways the kernels normalise: statistics, merge and normalise in three kernels (large
     activations), and each group whole in one program (small ones)."""
     monkeypatch.setattr(group_norm_module, "SMALL_GROUP", 0 if request.param == "three kernels" else 10**9)
     return request.param
@@ -39,6 +39,7 @@ def channels_last(shape: tuple[int, ...], offset: float = 0.0, seed: int = 0) ->
         ((3, 64, 5, 3), 32),  # batch of three, 2 channels a group
     ],
 )
+@pytest.mark.usefixtures("kernel_path")
 def test_matches_pytorch_group_norm(shape, groups):
     x = channels_last(shape)
     generator = torch.Generator().manual_seed(1)
@@ -50,6 +51,7 @@ def test_matches_pytorch_group_norm(shape, groups):
 
 @pytest.mark.parametrize("shifted", ["none", "channel", "image", "both"])
 @pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.usefixtures("kernel_path")
 def test_input_shifts_and_silu_match_adding_then_activating(shifted, silu, monkeypatch):
     """What a ResNet block folds into its second GroupNorm: conv1's bias and the time embedding, then SiLU."""
     monkeypatch.setattr(group_norm_module, "NORMALISE_TILE", 512)  # several normalising programs an image
@@ -67,6 +69,7 @@ def test_input_shifts_and_silu_match_adding_then_activating(shifted, silu, monke
     torch.testing.assert_close(expected, F.silu(reference) if silu else reference)
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_image_shift_rows_may_lie_apart():
     """The time projections of all ResNet blocks come as columns of one product (sd_core/time_projection.py)."""
     x = channels_last((2, 64, 6, 6), offset=0.5)
@@ -81,6 +84,7 @@ def test_image_shift_rows_may_lie_apart():
 
 def test_chunks_of_several_tiles_merge_to_the_same_statistics(monkeypatch):
     """Large images (a VAE's) give each statistics program several tiles: merged tile by tile, then chunk by chunk."""
+    monkeypatch.setattr(group_norm_module, "SMALL_GROUP", 0)  # the three-kernel path, whatever the size
     monkeypatch.setattr(group_norm_module, "TILE", 256)
     monkeypatch.setattr(group_norm_module, "_MAX_CHUNKS", 3)
     x = channels_last((2, 64, 9, 11), offset=5.0)
@@ -89,6 +93,7 @@ def test_chunks_of_several_tiles_merge_to_the_same_statistics(monkeypatch):
     torch.testing.assert_close(got, F.group_norm(x.contiguous(), 32, weight, bias, 1e-5), atol=5e-5, rtol=1e-5)
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_a_large_mean_does_not_cancel_the_variance():
     """Activations far from zero: a sum-of-squares variance would lose most of its digits in fp32."""
     x = channels_last((1, 64, 16, 16), offset=2000.0) / 100  # mean 20, std 0.03
@@ -99,6 +104,7 @@ def test_a_large_mean_does_not_cancel_the_variance():
     assert got.std().item() == pytest.approx(1.0, abs=1e-2)
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_half_precision_in_half_out():
     x = channels_last((2, 64, 6, 6)).half()
     weight, bias = torch.rand(64).half(), torch.rand(64).half()
@@ -108,6 +114,7 @@ def test_half_precision_in_half_out():
     torch.testing.assert_close(got.float(), expected, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_same_bits_every_run():
     x = channels_last((2, 320, 8, 8))
     weight, bias = torch.randn(320), torch.randn(320)

@@ -64,12 +64,15 @@ def test_one_product_serves_every_block_of_a_forward_and_a_new_embedding_is_proj
     assert projections._last is None
 
 
-def test_moved_weights_are_stacked_again():
+def test_moved_weights_are_projected_block_by_block():
     unet = tiny_unet()
     sample, timestep, text = unet_inputs()
     with torch.no_grad():
         use_fused_resnet_blocks(unet)
+        blocks = [module for module in unet.modules() if isinstance(module, ResnetBlock2D)]
+        projections = blocks[0].forward.keywords["time_projections"]
         unet.to(torch.float64)  # every parameter gets storage of its own: the stack would be stale
         got = unet(sample.double(), timestep, text.double()).sample
         expected = tiny_unet().to(torch.float64)(sample.double(), timestep, text.double()).sample
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+    assert projections._weight is None  # the stale stack is let go, not rebuilt inside a forward

@@ -93,13 +93,36 @@ def test_triton_kernels_match_diffusers(fused_projections, kernels_on_cpu):
     torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
 
 
-def test_any_other_attention_processor_keeps_diffusers_forward(kernels_on_cpu):
-    block, x, text = block_and_inputs(seed=2)
+def unusual_processor(block: BasicTransformerBlock) -> None:
     block.attn2.set_processor(AttnProcessor())  # stands in for IP-Adapter's or a user's processor
-    block.attn2.rescale_output_factor = 2.0  # which the fused forward would not divide by
+
+
+def rescaled_output(block: BasicTransformerBlock) -> None:
+    block.attn1.rescale_output_factor = 2.0  # which the fused attention would not divide by
+
+
+def chunked_feed_forward(block: BasicTransformerBlock) -> None:
+    block.set_chunk_feed_forward(chunk_size=5, dim=1)
+
+
+@pytest.mark.parametrize("change", [unusual_processor, rescaled_output, chunked_feed_forward])
+def test_blocks_the_fused_forward_does_not_reproduce_keep_diffusers_forward(change, kernels_on_cpu):
+    block, x, text = block_and_inputs(seed=2)
+    change(block)
     with torch.no_grad():
         expected = block(x, encoder_hidden_states=text)
         got = fused_forward(block, x, encoder_hidden_states=text)
+    assert kernels_on_cpu == []
+    assert torch.equal(got, expected)
+
+
+def test_calls_with_an_attention_mask_keep_diffusers_forward(kernels_on_cpu):
+    block, x, text = block_and_inputs(seed=3)
+    mask = torch.ones(2, 7)
+    mask[:, -2:] = 0  # the last two text tokens hidden from cross-attention
+    with torch.no_grad():
+        expected = block(x, encoder_hidden_states=text, encoder_attention_mask=mask)
+        got = fused_forward(block, x, encoder_hidden_states=text, encoder_attention_mask=mask)
     assert kernels_on_cpu == []
     assert torch.equal(got, expected)
 
