@@ -29,10 +29,10 @@ conv1 bias and time embedding ride inside those GroupNorms (sd_core/resnet_block
 whose residual adds ride inside their LayerNorms (sd_core/transformer_block.py), 1x1 convolutions
 run as matmuls with the bias in the epilogue (sd_core/channels_last.py), and other convolutions' biases added
 in one vectorised pass (sd_core/channel_bias.py). Marginal cost of a step, SD1.5 +
-ControlNet img2img at 512² on an H100: 17.9 ms with graphs alone, 14.4 ms with fused QKV and channels-last,
-10.4 ms with everything. And a ControlNet embeds its conditioning image once per generation, not every step
-(sd_core/controlnet_condition.py). Autotuned cuDNN convolutions with cuDNN attention first were measured too and
-gained nothing. benchmarks/README.md has the numbers.
+ControlNet img2img at 512² on an H100: 17.8 ms with graphs alone, 14.6 ms with fused QKV and channels-last,
+9.0 ms with everything (fourth session). And a ControlNet embeds its conditioning image once per generation,
+not every step (sd_core/controlnet_condition.py). Autotuned cuDNN convolutions with cuDNN attention first were
+measured too and gained nothing. benchmarks/README.md has the numbers.
 
 Mode "compile" adds kernel fusion: with graphs the step is GPU-bound, so the remaining time is in the
 kernels themselves (many small element-wise kernels around the convolutions and matrix products).
