@@ -92,7 +92,7 @@ def project_onto_meshes(
     """
     meshes = list(objects)
     check_meshes(meshes)
-    _check_image(image, capture, texture_size)
+    _check_image(image, capture, texture_size)  # before read_surfaces may give a mesh a UV map
     projections = project_textures(
         image,
         capture,
@@ -123,11 +123,12 @@ def project_textures(
 ) -> list[Projection]:
     """Any thread (no bpy): project ``image`` into each surface's UV texture (``project_onto_meshes``)."""
     _check_image(image, capture, texture_size)
+    picture = np.asarray(image, dtype=np.float32)
     projections = []
     for surface in surfaces:
         projected = project_to_texture(
             capture.camera,
-            np.asarray(image, dtype=np.float32),
+            picture,
             capture.depth,
             surface.uv_triangles,
             surface.positions,

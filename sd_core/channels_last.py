@@ -24,6 +24,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from sd_core.triton_support import routable_layers, shadow_forward
+
 _OUTPUT_STEP = "_get_output_for_continuous_inputs"
 _EXPECTED_PARAMETERS = ["self", "hidden_states", "residual", "batch_size", "height", "width", "inner_dim"]
 
@@ -64,13 +66,9 @@ def _output_step(
 
 
 def use_matmuls_for_pointwise_convolutions(module: torch.nn.Module) -> int:
-    """Route every 1x1 convolution inside ``module`` through ``pointwise_convolution``; returns how many."""
-    routed = 0
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.Conv2d) and is_pointwise(layer) and "forward" not in layer.__dict__:
-            layer.forward = functools.partial(_pointwise_forward, layer)
-            routed += 1
-    return routed
+    """Route every 1x1 convolution inside ``module`` through ``pointwise_convolution`` (no Triton needed);
+    returns how many."""
+    return shadow_forward(routable_layers(module, torch.nn.Conv2d, is_pointwise), _pointwise_forward)
 
 
 def is_pointwise(conv: torch.nn.Conv2d) -> bool:

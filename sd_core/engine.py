@@ -96,7 +96,8 @@ class Engine:
         controlnets = [self.cache.controlnet(control.model) for control in request.controls]
         _check_compatible(request, info, base, controlnets)
         pipe = self._pipeline_for(request, base, info, controlnets)
-        self._check_memory(request, vae_dtype=next(pipe.vae.parameters()).dtype)
+        padded_width, padded_height = images.padded_size(*request.size)
+        self._check_memory(padded_width, padded_height, vae_dtype=next(pipe.vae.parameters()).dtype)
         loaded = time.perf_counter()
 
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
@@ -109,7 +110,7 @@ class Engine:
         try:
             with (
                 seamless([pipe.unet, pipe.vae, *controlnets], request.tiling),
-                self.accelerator.active(pipe, variant=request.tiling, image_pixels=_padded_pixels(request)),
+                self.accelerator.active(pipe, variant=request.tiling, image_pixels=padded_width * padded_height),
             ):
                 for index in range(request.batch_size):
                     image_seed = (seed + index) % 2**32
@@ -129,13 +130,12 @@ class Engine:
         timings = {"load_s": loaded - started, "generate_s": finished - loaded}
         return Result(images=results, mode=request.mode, timings=timings)
 
-    def _check_memory(self, request: GenerationRequest, vae_dtype: torch.dtype) -> None:
-        """On CUDA, refuse a size whose decode cannot fit in the memory left after loading the models."""
+    def _check_memory(self, width: int, height: int, vae_dtype: torch.dtype) -> None:
+        """On CUDA, refuse a (padded) size whose decode cannot fit in the memory left after loading the models."""
         placement = self.cache.placement
         if placement.device.type != "cuda" or self.settings.cpu_offload:
             return
         free_bytes, _total = torch.cuda.mem_get_info(placement.device)
-        width, height = images.padded_size(*request.size)
         dtype_bytes = torch.finfo(vae_dtype).bits // 8
         check_fits(width, height, dtype_bytes, free_bytes, self.settings.vae_tiling)
 
@@ -228,11 +228,6 @@ def _on_known_device(cls: type, device: torch.device) -> type:
     """``cls`` told that it runs on ``device``. Diffusers' ``_execution_device`` searches every layer of every
     network for offload hooks on each call (about 5 ms of host time for SD1.5); without offload sd_core knows."""
     return type(cls.__name__, (cls,), {"_execution_device": property(lambda _pipe: device)})
-
-
-def _padded_pixels(request: GenerationRequest) -> int:
-    width, height = images.padded_size(*request.size)
-    return width * height
 
 
 def _prepare_inputs(request: GenerationRequest, grown_mask: np.ndarray | None, device: torch.device) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sd_core.triton_support import KernelSwitch, route_forward
+from sd_core.triton_support import KernelSwitch, next_power_of_two, route_forward, rows_per_tile
 
 # Elements (pixels x padded channels) of one tile a statistics program holds in registers at a time, and the
 # warps that hold it: sizes measured on an H200 (benchmarks/group_norm_benchmark.py).
@@ -120,19 +120,18 @@ def group_norm_channels_last(
         raise ValueError(f"{channels} channels do not split into {num_groups} groups")
     channel_shift, image_shift = shifts
     if image_shift is not None and image_shift.stride(1) != 1:
-        shifts = (channel_shift, image_shift.contiguous())  # rows may be apart (time_projection.py), not columns
+        image_shift = image_shift.contiguous()  # rows may lie apart (time_projection.py), not columns
     out = torch.empty_like(x)  # keeps the channels-last layout
     group_size = channels // num_groups
     if height * width * group_size > SMALL_GROUP:
-        _normalise_in_three_kernels(x, out, num_groups, weight, bias, eps, shifts, silu)
+        _normalise_in_three_kernels(x, out, num_groups, weight, bias, eps, (channel_shift, image_shift), silu)
         return out
     from sd_core import triton_kernels as kernels
 
-    member_block = _next_power_of_two(group_size)
-    channel_shift, image_shift = shifts
+    member_block = next_power_of_two(group_size)
     kernels.group_norm_per_group[(num_groups, x.shape[0])](
         x, out, weight, bias, channel_shift, image_shift, _row_stride(image_shift), height * width, channels,
-        group_size, eps, MEMBER_BLOCK=member_block, ROWS_BLOCK=_rows_per_tile(SMALL_GROUP_TILE, member_block),
+        group_size, eps, MEMBER_BLOCK=member_block, ROWS_BLOCK=rows_per_tile(SMALL_GROUP_TILE, member_block),
         HAS_CHANNEL_SHIFT=channel_shift is not None, HAS_IMAGE_SHIFT=image_shift is not None, SILU=silu,
         num_warps=SMALL_GROUP_WARPS,
     )  # fmt: skip
@@ -154,8 +153,8 @@ def _normalise_in_three_kernels(
     images, channels, height, width = x.shape
     pixels = height * width
     group_size = channels // num_groups
-    channels_block = _next_power_of_two(channels)
-    rows_block = _rows_per_tile(TILE, channels_block)
+    channels_block = next_power_of_two(channels)
+    rows_block = rows_per_tile(TILE, channels_block)
     tiles = -(-pixels // rows_block)
     chunk_rows = rows_block * -(-tiles // _MAX_CHUNKS)
     chunks = -(-pixels // chunk_rows)
@@ -169,10 +168,10 @@ def _normalise_in_three_kernels(
     kernels.merge[(num_groups, images)](
         statistics[0], statistics[1], weight, bias, channel_shift, image_shift, _row_stride(image_shift),
         scale_and_shift[0], scale_and_shift[1], pixels, channels, group_size, chunk_rows, chunks, eps,
-        CHUNKS_BLOCK=_next_power_of_two(chunks), MEMBER_BLOCK=_next_power_of_two(group_size),
+        CHUNKS_BLOCK=next_power_of_two(chunks), MEMBER_BLOCK=next_power_of_two(group_size),
         HAS_CHANNEL_SHIFT=channel_shift is not None, HAS_IMAGE_SHIFT=image_shift is not None,
     )  # fmt: skip
-    normalise_rows = _rows_per_tile(NORMALISE_TILE, channels_block)
+    normalise_rows = rows_per_tile(NORMALISE_TILE, channels_block)
     kernels.normalise[(-(-pixels // normalise_rows), images)](
         x, out, scale_and_shift[0], scale_and_shift[1], pixels, channels, CHANNELS_BLOCK=channels_block,
         ROWS_BLOCK=normalise_rows, SILU=silu, num_warps=NORMALISE_WARPS,
@@ -181,12 +180,3 @@ def _normalise_in_three_kernels(
 
 def _row_stride(image_shift: torch.Tensor | None) -> int:
     return 0 if image_shift is None else image_shift.stride(0)
-
-
-def _rows_per_tile(tile: int, channels_block: int) -> int:
-    """Pixel rows of a tile of about ``tile`` elements: a power of two, at least one."""
-    return 1 << (max(1, tile // channels_block).bit_length() - 1)
-
-
-def _next_power_of_two(value: int) -> int:
-    return 1 << (value - 1).bit_length()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from sd_core.triton_support import KernelSwitch
+from sd_core.triton_support import KernelSwitch, next_power_of_two, rows_per_tile
 
 _SWITCH = KernelSwitch("LayerNorm")
 # Elements (rows x padded width) one program normalises, and its warps.
@@ -71,8 +71,8 @@ def _launch(
 
     width = x.shape[-1]
     rows = x.numel() // width
-    width_block = 1 << (width - 1).bit_length()
-    rows_block = 1 << (max(1, TILE // width_block).bit_length() - 1)
+    width_block = next_power_of_two(width)
+    rows_block = rows_per_tile(TILE, width_block)
     adds = residual is not None
     summed = torch.empty_like(x) if adds else x
     out = torch.empty_like(x)

@@ -29,7 +29,7 @@ from sd_core.channel_bias import add_with_channel_bias
 from sd_core.channels_last import is_pointwise, pointwise_convolution
 from sd_core.group_norm import group_norm
 from sd_core.time_projection import TimeProjections
-from sd_core.triton_support import route_forward, triton_available
+from sd_core.triton_support import routable_layers, shadow_forward, triton_available
 
 
 def use_fused_resnet_blocks(module: torch.nn.Module) -> int:
@@ -37,15 +37,10 @@ def use_fused_resnet_blocks(module: torch.nn.Module) -> int:
     projections stacked into one (sd_core/time_projection.py); returns how many."""
     if not triton_available():
         return 0
-    routed = [
-        block
-        for block in module.modules()
-        if isinstance(block, ResnetBlock2D) and "forward" not in block.__dict__ and is_plain(block)
-    ]
-    projected = [block for block in routed if block.time_emb_proj is not None and TimeProjections.projected_by(block)]
+    blocks = routable_layers(module, ResnetBlock2D, is_plain)
+    projected = [block for block in blocks if block.time_emb_proj is not None and TimeProjections.projected_by(block)]
     projections = TimeProjections(projected) if len(projected) > 1 else None
-    forward = functools.partial(fused_forward, time_projections=projections)
-    return route_forward(module, ResnetBlock2D, forward, applies=is_plain)
+    return shadow_forward(blocks, functools.partial(fused_forward, time_projections=projections))
 
 
 def is_plain(block: ResnetBlock2D) -> bool:
@@ -89,14 +84,12 @@ def fused_forward(
     if shortcut_conv is None and conv2.bias is not None:
         # conv2's bias rides in the residual add instead of a pass of its own
         output = add_with_channel_bias(conv2._conv_forward(hidden, conv2.weight, None), conv2.bias, input_tensor)
-        return output if block.output_scale_factor == 1.0 else output / block.output_scale_factor
-    if shortcut_conv is None:
-        hidden, shortcut = conv2(hidden), input_tensor
+    elif shortcut_conv is None:
+        output = input_tensor + conv2(hidden)
     elif is_pointwise(shortcut_conv) and shortcut_conv.bias is not None and conv2.bias is not None:
         # conv2's bias rides in the shortcut's matrix product (channels_last.py) instead of a pass of its own
-        hidden = conv2._conv_forward(hidden, conv2.weight, None)
         shortcut = pointwise_convolution(shortcut_conv, input_tensor, bias=shortcut_conv.bias + conv2.bias)
+        output = shortcut + conv2._conv_forward(hidden, conv2.weight, None)
     else:
-        hidden, shortcut = conv2(hidden), shortcut_conv(input_tensor)
-    output = shortcut + hidden
+        output = shortcut_conv(input_tensor) + conv2(hidden)
     return output if block.output_scale_factor == 1.0 else output / block.output_scale_factor

@@ -1,4 +1,5 @@
-"""Where sd_core's Triton kernels may run, and how a kernel that cannot be built falls back, once, to PyTorch.
+"""Where sd_core's Triton kernels may run, and how a kernel that cannot be built falls back, once, to PyTorch;
+with the routing of layers' forwards that every fast path uses, and the kernels' launch geometry.
 
 Triton ships with torch's Linux CUDA builds, not with Windows or macOS ones, and builds each kernel on first
 use, which can fail where PyTorch itself runs (no C compiler for Triton's launcher, a GPU its compiler does
@@ -25,19 +26,41 @@ def route_forward(
     applies: Callable[[Any], bool] = lambda layer: True,
 ) -> int:
     """Shadow ``forward`` of every ``layer_type`` inside ``module`` for which ``applies(layer)`` with
-    ``forward(layer, ...)``; returns how many.
-
-    Only where Triton is present; the forward is set on each instance, so the module tree, its weights and its
-    state dict stay untouched, and a layer already routed is left as it is.
-    """
+    ``forward(layer, ...)``, where Triton is present; returns how many (``shadow_forward``)."""
     if not triton_available():
         return 0
-    routed = 0
-    for layer in module.modules():
-        if isinstance(layer, layer_type) and "forward" not in layer.__dict__ and applies(layer):
-            layer.forward = functools.partial(forward, layer)
-            routed += 1
-    return routed
+    return shadow_forward(routable_layers(module, layer_type, applies), forward)
+
+
+def routable_layers(
+    module: torch.nn.Module, layer_type: type, applies: Callable[[Any], bool] = lambda layer: True
+) -> list[Any]:
+    """The ``layer_type`` layers inside ``module`` for which ``applies(layer)``, not routed yet."""
+    return [
+        layer
+        for layer in module.modules()
+        if isinstance(layer, layer_type) and "forward" not in layer.__dict__ and applies(layer)
+    ]
+
+
+def shadow_forward(layers: list[Any], forward: Callable[..., Any]) -> int:
+    """Make each layer's forward ``forward(layer, ...)``; returns how many.
+
+    The forward is set on each instance, so the module tree, its weights and its state dict stay untouched.
+    """
+    for layer in layers:
+        layer.forward = functools.partial(forward, layer)
+    return len(layers)
+
+
+def next_power_of_two(value: int) -> int:
+    """The block a kernel spans ``value`` elements with (Triton's blocks are powers of two)."""
+    return 1 << (value - 1).bit_length()
+
+
+def rows_per_tile(tile: int, row_block: int) -> int:
+    """Rows of a tile of about ``tile`` elements, each row ``row_block`` wide: a power of two, at least one."""
+    return 1 << (max(1, tile // row_block).bit_length() - 1)
 
 
 @functools.cache
