@@ -38,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,17 +190,38 @@ def stock_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[s
 
     def run(steps: int):
         generator = torch.Generator("cpu").manual_seed(SEED)
-        out = pipe(
-            "a stone wall",
-            num_inference_steps=steps,
-            guidance_scale=7.0,
-            generator=generator,
-            output_type="np",
-            **kwargs,
-        )
+        with diffusers_own_noise():
+            out = pipe(
+                "a stone wall",
+                num_inference_steps=steps,
+                guidance_scale=7.0,
+                generator=generator,
+                output_type="np",
+                **kwargs,
+            )
         return out.images[0]
 
     return pipe, run
+
+
+@contextmanager
+def diffusers_own_noise() -> Iterator[None]:
+    """Stock diffusers as shipped: undo sd_core's noise uploads (sd_core/noise.py) in the modules they reached,
+    for as long as stock runs in this process."""
+    from diffusers.utils import torch_utils
+
+    from sd_core import noise
+
+    modules = [
+        module for module in list(sys.modules.values()) if getattr(module, "randn_tensor", None) is noise.randn_tensor
+    ]
+    for module in modules:
+        module.randn_tensor = torch_utils.randn_tensor
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.randn_tensor = noise.randn_tensor
 
 
 def sd_core_runner(case: Case, model_dir: Path, controlnet_dir: Path, data: dict[str, np.ndarray], **settings):

@@ -9,6 +9,7 @@ SDPA backends on SD's attention shapes, LayerNorm tiles (sd_core/layer_norm.py),
 three kernels or each group whole, with the latter's tiles (sd_core/group_norm.py).
 
     python benchmarks/step_benchmark.py --families sd1 sdxl --kernels --out benchmarks/results/steps.json
+    python benchmarks/step_benchmark.py --families --kernels "group norm chunks" upsampling --out ...
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from group_norm_benchmark import graphed_ms
 from profile_ops import build_denoisers, denoising_step
 
-from sd_core import group_norm, layer_norm
+from sd_core import group_norm, layer_norm, upsample
 from sd_core.acceleration import CudaGraphAccelerator
 
 # GroupNorm shapes (channels, side) of SD1.5's and SDXL's UNets and SD's VAE decoder, batch 2, 32 groups.
@@ -38,15 +39,28 @@ GROUP_NORM_SHAPES = [
     (2560, 16), (1280, 8), (2560, 8), (320, 128), (640, 128), (512, 64), (512, 128), (256, 256),
 ]  # fmt: skip
 LAYER_NORM_SHAPES = [(2, 4096, 320), (2, 1024, 640), (2, 256, 1280), (2, 4096, 640), (2, 1024, 1280)]
-# (batch, heads, queries, head width, keys): SD1.5's and SDXL's self- and cross-attention.
+# (batch, heads, queries, head width, keys, dtype): SD1.5's and SDXL's self- and cross-attention, and the VAE's
+# one-head attention at 512² (SD1.5, fp16) and 1024² (SDXL, fp32).
 ATTENTION_SHAPES = {
-    "sd1 64²": (2, 8, 4096, 40, 4096),
-    "sd1 32²": (2, 8, 1024, 80, 1024),
-    "sd1 cross": (2, 8, 4096, 40, 77),
-    "sdxl 64²": (2, 10, 4096, 64, 4096),
-    "sdxl 32²": (2, 20, 1024, 64, 1024),
-    "sdxl cross": (2, 20, 1024, 64, 77),
+    "sd1 64²": (2, 8, 4096, 40, 4096, torch.float16),
+    "sd1 32²": (2, 8, 1024, 80, 1024, torch.float16),
+    "sd1 cross": (2, 8, 4096, 40, 77, torch.float16),
+    "sdxl 64²": (2, 10, 4096, 64, 4096, torch.float16),
+    "sdxl 32²": (2, 20, 1024, 64, 1024, torch.float16),
+    "sdxl cross": (2, 20, 1024, 64, 77, torch.float16),
+    "vae 64²": (1, 1, 4096, 512, 4096, torch.float16),
+    "sdxl vae 128²": (1, 1, 16384, 512, 16384, torch.float32),
 }
+# (images, channels, side, dtype) of the VAE's GroupNorms (one image) and of a UNet's (two): the statistics chunk
+# sweep (sd_core/group_norm.py MAX_CHUNKS).
+CHUNK_SHAPES = [
+    (1, 128, 512, torch.float16), (1, 256, 256, torch.float16), (1, 512, 128, torch.float16),
+    (1, 512, 64, torch.float16), (2, 320, 64, torch.float16), (2, 640, 32, torch.float16),
+    (2, 1280, 16, torch.float16), (2, 640, 128, torch.float16), (1, 128, 1024, torch.float32),
+    (1, 256, 512, torch.float32), (1, 512, 256, torch.float32),
+]  # fmt: skip
+# (images, channels, side) of the upsamplers' inputs: SD1.5's UNet, its VAE decoder (one image), SDXL's UNet.
+UPSAMPLE_SHAPES = [(2, 1280, 8), (2, 1280, 16), (2, 640, 32), (1, 512, 64), (1, 512, 128), (1, 256, 256), (2, 640, 64)]
 
 
 def step(family: str) -> dict[str, float]:
@@ -68,12 +82,13 @@ def attention_backends() -> dict[str, dict[str, Any]]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     results: dict[str, dict[str, Any]] = {}
-    for name, (batch, heads, queries, width, keys) in ATTENTION_SHAPES.items():
-        half = {"device": "cuda", "dtype": torch.float16}
-        q = torch.randn(batch, heads, queries, width, **half)
-        k, v = (torch.randn(batch, heads, keys, width, **half) for _ in range(2))
+    backends = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+    for name, (batch, heads, queries, width, keys, dtype) in ATTENTION_SHAPES.items():
+        like = {"device": "cuda", "dtype": dtype}
+        q = torch.randn(batch, heads, queries, width, **like)
+        k, v = (torch.randn(batch, heads, keys, width, **like) for _ in range(2))
         results[name] = {}
-        for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        for backend in backends:
             try:
                 with sdpa_kernel([backend]):
                     results[name][backend.name] = graphed_ms(functools.partial(F.scaled_dot_product_attention, q, k, v))
@@ -122,20 +137,61 @@ def group_norm_paths() -> dict[str, dict[str, float]]:
     return results
 
 
+def group_norm_chunks() -> dict[str, dict[str, float]]:
+    saved = group_norm.MAX_CHUNKS, group_norm.SMALL_GROUP
+    group_norm.SMALL_GROUP = 0  # the three-kernel path throughout
+    results: dict[str, dict[str, float]] = {}
+    for images, channels, side, dtype in CHUNK_SHAPES:
+        like = {"device": "cuda", "dtype": dtype}
+        x = torch.randn(images, channels, side, side, **like).to(memory_format=torch.channels_last)
+        weight, bias = torch.randn(channels, **like), torch.randn(channels, **like)
+        normalise = functools.partial(group_norm.group_norm_channels_last, x, 32, weight, bias, 1e-5, silu=True)
+        row = {
+            "pytorch group_norm (NCHW)": graphed_ms(functools.partial(F.group_norm, x.contiguous(), 32, weight, bias))
+        }
+        for group_norm.MAX_CHUNKS in (64, 128, 256, 512, 1024):
+            row[f"max chunks {group_norm.MAX_CHUNKS}"] = graphed_ms(normalise)
+        results[f"{images}x{channels}x{side}² {str(dtype)[6:]}"] = row
+    group_norm.MAX_CHUNKS, group_norm.SMALL_GROUP = saved
+    return results
+
+
+def upsampling() -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    for images, channels, side in UPSAMPLE_SHAPES:
+        x = torch.randn(images, channels, side, side, device="cuda", dtype=torch.float16)
+        x = x.to(memory_format=torch.channels_last)
+        interpolate = functools.partial(F.interpolate, x, scale_factor=2.0, mode="nearest")
+        results[f"{images}x{channels}x{side}²"] = {
+            "pytorch interpolate": graphed_ms(interpolate),
+            "triton": graphed_ms(functools.partial(upsample.upsample_nearest_2x, x)),
+        }
+    return results
+
+
 def _add_then_norm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: torch.nn.LayerNorm):
     return norm((x + bias) + residual)
+
+
+SWEEPS = {
+    "attention": attention_backends,
+    "layer norm": layer_norm_tiles,
+    "group norm": group_norm_paths,
+    "group norm chunks": group_norm_chunks,
+    "upsampling": upsampling,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="*", default=["sd1", "sdxl"], choices=["sd1", "sdxl"])
-    parser.add_argument("--kernels", action="store_true", help="also the SDPA, LayerNorm and GroupNorm sweeps")
+    parser.add_argument("--kernels", nargs="*", choices=list(SWEEPS), help="also these sweeps (all if none named)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     report: dict[str, Any] = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "unit": "ms"}
     parts = {f"step {family}": (lambda family=family: step(family)) for family in args.families}
-    if args.kernels:
-        parts |= {"attention": attention_backends, "layer norm": layer_norm_tiles, "group norm": group_norm_paths}
+    if args.kernels is not None:
+        parts |= {name: SWEEPS[name] for name in args.kernels or SWEEPS}
     for name, measure in parts.items():
         report[name] = measure()
         print(name, json.dumps(report[name]), flush=True)

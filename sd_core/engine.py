@@ -23,6 +23,7 @@ from sd_core.acceleration import make_accelerator
 from sd_core.errors import CancelledError, ModelError, OutOfMemoryError
 from sd_core.memory import check_fits
 from sd_core.models import ModelCache, ModelInfo
+from sd_core.noise import draw_noise_without_waiting
 from sd_core.offload import enable_offload
 from sd_core.preview import PreviewRelay
 from sd_core.prompts import PromptEmbeddings
@@ -96,6 +97,8 @@ class Engine:
         controlnets = [self.cache.controlnet(control.model) for control in request.controls]
         _check_compatible(request, info, base, controlnets)
         pipe = self._pipeline_for(request, base, info, controlnets)
+        if self.cache.placement.device.type == "cuda":
+            draw_noise_without_waiting(pipe, pipe.scheduler)
         padded_width, padded_height = images.padded_size(*request.size)
         self._check_memory(padded_width, padded_height, vae_dtype=next(pipe.vae.parameters()).dtype)
         loaded = time.perf_counter()

@@ -36,8 +36,12 @@ WARPS = 4
 # 1024-16384 on an H100 (benchmarks/results/h100-2026-11-26-resnet-norms.json).
 NORMALISE_TILE = 4096
 NORMALISE_WARPS = 4
-# Statistics chunks per image: enough programs to fill the GPU, few enough for a group's merge to hold them.
-_MAX_CHUNKS = 64
+# Statistics chunks per image, at most: enough programs to fill the GPU even for one image (a VAE's), each
+# streaming a few tiles, and few enough for a group's merge to hold them all (at most MERGE_ELEMENTS chunk
+# statistics a group). 256 was the fastest of 64-1024 or within 3% of it for every UNet and VAE shape on an H100
+# (64 took 1.6x as long for a VAE's 128 channels at 512²: benchmarks/results/h100-2026-11-26-session5-steps.json).
+MAX_CHUNKS = 256
+MERGE_ELEMENTS = 8192
 # A group of at most this many elements (pixels x channels a group) is normalised whole by one program, in one
 # kernel: at a UNet's deepest level (8² latents) the three kernels' launches cost more than their parallelism
 # gains (H100: 9.5 -> 5.9 µs for SD1.5's 1280 channels), above it spreading the work wins (14 against 47 µs at
@@ -75,6 +79,10 @@ def group_norm(
         normalised = F.group_norm(shifted, num_groups, weight, bias, eps)
         return F.silu(normalised) if silu else normalised
 
+    if x.dim() == 3 and x.stride(1) == 1 and _runs_in_triton(x.unsqueeze(-1), weight, bias):
+        # (images, channels, pixels) over pixel rows of contiguous channels, as an attention's GroupNorm gets them
+        # (diffusers transposes its (images, pixels, channels) input): the same memory as channels-last pixels
+        return group_norm(x.unsqueeze(-1), num_groups, weight, bias, eps, shifts, silu).squeeze(-1)
     if _runs_in_triton(x, weight, bias):
         return _SWITCH.run(
             lambda: group_norm_channels_last(x, num_groups, weight, bias, eps, shifts, silu),  # type: ignore[arg-type]
@@ -155,9 +163,7 @@ def _normalise_in_three_kernels(
     group_size = channels // num_groups
     channels_block = next_power_of_two(channels)
     rows_block = rows_per_tile(TILE, channels_block)
-    tiles = -(-pixels // rows_block)
-    chunk_rows = rows_block * -(-tiles // _MAX_CHUNKS)
-    chunks = -(-pixels // chunk_rows)
+    chunk_rows, chunks = statistics_chunks(pixels, rows_block, group_size)
     statistics = torch.empty((2, images, chunks, channels), device=x.device, dtype=torch.float32)
     kernels.chunk_statistics[(chunks, images)](
         x, statistics[0], statistics[1], pixels, channels, chunk_rows, CHANNELS_BLOCK=channels_block,
@@ -176,6 +182,14 @@ def _normalise_in_three_kernels(
         x, out, scale_and_shift[0], scale_and_shift[1], pixels, channels, CHANNELS_BLOCK=channels_block,
         ROWS_BLOCK=normalise_rows, SILU=silu, num_warps=NORMALISE_WARPS,
     )  # fmt: skip
+
+
+def statistics_chunks(pixels: int, rows_block: int, group_size: int) -> tuple[int, int]:
+    """How an image's pixels split among statistics programs: rows a chunk (whole tiles), and chunks."""
+    tiles = -(-pixels // rows_block)
+    max_chunks = max(1, min(MAX_CHUNKS, MERGE_ELEMENTS // next_power_of_two(group_size)))
+    chunk_rows = rows_block * -(-tiles // max_chunks)
+    return chunk_rows, -(-pixels // chunk_rows)
 
 
 def _row_stride(image_shift: torch.Tensor | None) -> int:

@@ -33,17 +33,27 @@ def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
 
 
 def add_layer_norm(
-    update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: torch.nn.LayerNorm
+    update: torch.Tensor,
+    bias: torch.Tensor,
+    residual: torch.Tensor,
+    norm: torch.nn.LayerNorm,
+    carried_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(update + bias + residual, norm(update + bias + residual))``: a block's new residual and its
-    normalised input to the next layer. ``update`` is a linear layer's output without its ``bias``."""
+    normalised input to the next layer. ``update`` is a linear layer's output without its ``bias``.
+
+    With ``carried_bias`` the residual is returned with that bias added too (the sum is normalised without
+    it): the next layer's bias, so that layer can add its product onto the residual in place
+    (sd_core/transformer_block.py). The result is always a new tensor.
+    """
 
     def plain() -> tuple[torch.Tensor, torch.Tensor]:
         summed = (update + bias) + residual
-        return summed, norm(summed)
+        return summed if carried_bias is None else summed + carried_bias, norm(summed)
 
-    if _runs_in_triton(norm, update, residual) and bias.shape == update.shape[-1:]:
-        return _SWITCH.run(lambda: _launch(norm, update, bias, residual), plain)
+    biases_fit = all(b is None or b.shape == update.shape[-1:] for b in (bias, carried_bias))
+    if _runs_in_triton(norm, update, residual) and biases_fit:
+        return _SWITCH.run(lambda: _launch(norm, update, bias, residual, carried_bias), plain)
     return plain()
 
 
@@ -66,6 +76,7 @@ def _launch(
     x: torch.Tensor,
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
+    carried_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from sd_core import triton_kernels
 
@@ -77,7 +88,8 @@ def _launch(
     summed = torch.empty_like(x) if adds else x
     out = torch.empty_like(x)
     triton_kernels.layer_norm[(-(-rows // rows_block),)](
-        x, bias if adds else x, residual if adds else x, norm.weight, norm.bias, summed, out, rows, width, norm.eps,
-        ADD=adds, WIDTH_BLOCK=width_block, ROWS_BLOCK=rows_block, num_warps=WARPS,
+        x, bias if adds else x, residual if adds else x, x if carried_bias is None else carried_bias, norm.weight,
+        norm.bias, summed, out, rows, width, norm.eps, ADD=adds, CARRY_BIAS=carried_bias is not None,
+        WIDTH_BLOCK=width_block, ROWS_BLOCK=rows_block, num_warps=WARPS,
     )  # fmt: skip
     return summed, out

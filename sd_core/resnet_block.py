@@ -45,11 +45,18 @@ def use_fused_resnet_blocks(module: torch.nn.Module) -> int:
 
 def is_plain(block: ResnetBlock2D) -> bool:
     """The block shape the fused forward reproduces: GroupNorm -> SiLU -> conv, twice, with an additive time
-    embedding, and no up- or down-sampling inside the block."""
+    embedding or none, and no up- or down-sampling inside the block.
+
+    A VAE decoder's blocks name their time-embedding norm "group" but have no time embedding: diffusers then
+    runs them exactly like "default" ones without one (scale-shift blocks need an embedding, so stay out).
+    """
     return (
         block.upsample is None
         and block.downsample is None
-        and block.time_embedding_norm == "default"
+        and (
+            block.time_embedding_norm == "default"
+            or (block.time_emb_proj is None and block.time_embedding_norm != "scale_shift")
+        )
         and isinstance(block.nonlinearity, torch.nn.SiLU)
         and all(isinstance(norm, torch.nn.GroupNorm) and norm.affine for norm in (block.norm1, block.norm2))
         and block.conv1.bias is not None
@@ -66,7 +73,8 @@ def fused_forward(
 ) -> torch.Tensor:
     """``ResnetBlock2D.forward`` (same arguments, same result) with the shift and SiLUs folded into the norms,
     and the time embedding projected with the other blocks' (``time_projections``) where they were stacked."""
-    if block.training:
+    # Without a projection diffusers adds a "default" block's time embedding as it comes: keep its forward then.
+    if block.training or (block.time_emb_proj is None and temb is not None):
         return ResnetBlock2D.forward(block, input_tensor, temb, *args, **kwargs)
     norm1, norm2, conv1 = block.norm1, block.norm2, block.conv1
     hidden = group_norm(input_tensor, norm1.num_groups, norm1.weight, norm1.bias, norm1.eps, silu=True)

@@ -6,11 +6,14 @@ arithmetic: PyTorch's LayerNorm kernel, the output projection's bias, the residu
 division by ``rescale_output_factor`` (1.0). SD1.5 + ControlNet has 23 such blocks a step.
 
 How: each attention's output projection runs without its bias, and one kernel (sd_core/layer_norm.py) adds
-the bias and the residual and normalises the sum for the next layer. The attention itself is what diffusers'
-``AttnProcessor2_0`` and ``FusedAttnProcessor2_0`` compute (the same projections, the same SDPA call), without
-the division. Only where that is all a block does: a block with another norm (ada-norm, PixArt's), a position
-embedding, chunked feed-forward, an attention mask, cross-attention kwargs (GLIGEN, LoRA scales), or
-any other attention processor (IP-Adapter's, a user's) keeps diffusers' own forward, checked on every call.
+the bias and the residual and normalises the sum for the next layer. The last of those kernels also adds the
+feed-forward's output bias to the residual it stores, and the feed-forward's output product is added onto that
+residual in place (the matrix product's own accumulate), so the block's last residual add costs no pass.
+The attention itself is what diffusers' ``AttnProcessor2_0`` and ``FusedAttnProcessor2_0`` compute (the same
+projections, the same SDPA call), without the division. Only where that is all a block does: a block with
+another norm (ada-norm, PixArt's), a position embedding, chunked feed-forward, an attention mask, cross-attention
+kwargs (GLIGEN, LoRA scales), or any other attention processor (IP-Adapter's, a user's) keeps diffusers' own
+forward, checked on every call.
 """
 
 from __future__ import annotations
@@ -79,8 +82,29 @@ def fused_forward(
     update, bias = _attention_before_bias(block.attn1, normed, None)
     hidden_states, normed = add_layer_norm(update, bias, hidden_states, block.norm2)
     update, bias = _attention_before_bias(block.attn2, normed, encoder_hidden_states)
-    hidden_states, normed = add_layer_norm(update, bias, hidden_states, block.norm3)
-    return block.ff(normed) + hidden_states
+    output = _feed_forward_output(block.ff)
+    if output is None:
+        hidden_states, normed = add_layer_norm(update, bias, hidden_states, block.norm3)
+        return block.ff(normed) + hidden_states
+    # The residual comes with the output layer's bias already added, and the product is added onto it in place.
+    carried, normed = add_layer_norm(update, bias, hidden_states, block.norm3, carried_bias=output.bias)
+    activated = block.ff.net[0](normed)
+    rows = carried.view(-1, carried.shape[-1])
+    rows.addmm_(activated.reshape(rows.shape[0], -1), output.weight.t())
+    return carried
+
+
+def _feed_forward_output(ff: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output layer of a diffusers ``FeedForward`` that is activation, dropout, that layer (with a bias) and
+    maybe a final dropout (identities when not training); None for any other feed-forward."""
+    net = getattr(ff, "net", None)
+    if not isinstance(net, torch.nn.ModuleList) or len(net) not in (3, 4):
+        return None
+    dropouts = [net[1], *net[3:]]
+    output = net[2]
+    if type(output) is not torch.nn.Linear or output.bias is None or ff.training:
+        return None
+    return output if all(type(layer) is torch.nn.Dropout for layer in dropouts) else None
 
 
 def _is_plain_attention(attention: Attention) -> bool:

@@ -147,13 +147,14 @@ def geglu(x_ptr, out_ptr, inner, BLOCK: tl.constexpr):
 
 @triton.jit(do_not_specialize=["rows"])
 def layer_norm(
-    x_ptr, bias_ptr, residual_ptr, weight_ptr, norm_bias_ptr, sum_ptr, out_ptr, rows, width, eps,
-    ADD: tl.constexpr, WIDTH_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr,
+    x_ptr, bias_ptr, residual_ptr, carried_bias_ptr, weight_ptr, norm_bias_ptr, sum_ptr, out_ptr, rows, width, eps,
+    ADD: tl.constexpr, CARRY_BIAS: tl.constexpr, WIDTH_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One tile of rows: layer-normalise each row over its ``width`` columns, in fp32.
 
     With ADD the rows normalised are ``x`` plus a per-column bias plus a residual, a sum that is stored too
-    (rounded to the input's precision, and normalised as rounded, as PyTorch would see it).
+    (rounded to the input's precision, and normalised as rounded, as PyTorch would see it); with CARRY_BIAS
+    the sum is stored with a second per-column bias added (the next layer's, which it then need not add).
     """
     row = tl.program_id(0) * ROWS_BLOCK + tl.arange(0, ROWS_BLOCK)[:, None]
     column = tl.arange(0, WIDTH_BLOCK)[None, :]
@@ -164,9 +165,11 @@ def layer_norm(
     if ADD:
         x += tl.load(bias_ptr + column, mask=in_row, other=0.0).to(tl.float32)
         x += tl.load(residual_ptr + where, mask=mask, other=0.0).to(tl.float32)
-        rounded = x.to(sum_ptr.dtype.element_ty)
-        tl.store(sum_ptr + where, rounded, mask=mask)
-        x = rounded.to(tl.float32)
+        x = x.to(sum_ptr.dtype.element_ty).to(tl.float32)
+        carried = x
+        if CARRY_BIAS:
+            carried += tl.load(carried_bias_ptr + column, mask=in_row, other=0.0).to(tl.float32)
+        tl.store(sum_ptr + where, carried.to(sum_ptr.dtype.element_ty), mask=mask)
     mean = tl.sum(x, axis=1) / width
     centred = tl.where(mask, x - mean[:, None], 0.0)
     inverse_std = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / width + eps)
@@ -243,3 +246,23 @@ def group_norm_per_group(
         if SILU:
             normalised = normalised * tl.sigmoid(normalised)
         tl.store(out_ptr + where, normalised.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["rows", "width"])
+def upsample_nearest_2x(
+    x_ptr, out_ptr, rows, width, channels, CHANNELS_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr
+):  # fmt: skip
+    """One tile (input pixels x a block of channels) of a channels-last image: each pixel written to the 2x2
+    output pixels it becomes. ``rows`` counts every image's input pixels, ``width`` is one input row's."""
+    row = tl.program_id(0) * ROWS_BLOCK + tl.arange(0, ROWS_BLOCK)[:, None]
+    channel = tl.program_id(1) * CHANNELS_BLOCK + tl.arange(0, CHANNELS_BLOCK)[None, :]
+    mask = (row < rows) & (channel < channels)
+    value = tl.load(x_ptr + row.to(tl.int64) * channels + channel, mask=mask)
+    # input pixel (image, y, x) at row (image * height + y) * width + x; its first output pixel is on output row
+    # 2 * (image * height + y), column 2 * x, in an output twice as wide
+    line = (row // width).to(tl.int64)
+    first = line * 4 * width + 2 * (row % width)
+    for below in tl.static_range(2):
+        for right in tl.static_range(2):
+            where = (first + below * 2 * width + right) * channels + channel
+            tl.store(out_ptr + where, value, mask=mask)

@@ -105,12 +105,19 @@ def test_controlnet_conditioning_is_embedded_once_per_generation_with_the_same_p
     expected = engine.generate(two_controls).images[0].pixels
     assert len(embedded) == 2 * 4  # stock: every step, for each control
     embedded.clear()
-    engine.accelerator = CudaGraphAccelerator(fuse_qkv=False, channels_last=False)  # layout changes alter the bits
+    accelerator = engine.accelerator = CudaGraphAccelerator(fuse_qkv=False, channels_last=False)  # same bits
+    through_graph_wrapper: list[str] = []
+    call = accelerator._call
+    accelerator._call = lambda module, *rest: through_graph_wrapper.append(type(module).__name__) or call(module, *rest)
     np.testing.assert_array_equal(engine.generate(two_controls).images[0].pixels, expected)
     assert len(embedded) == 2  # once per control, though one ControlNet serves both
+    # and through the graph wrapper (a graph on CUDA; on the CPU the module itself)
+    assert through_graph_wrapper.count("ControlNetConditioningEmbedding") == 2
     embedded.clear()
     engine.generate(two_controls)
     assert len(embedded) == 2  # a new generation embeds its images anew
+    embedding = engine.cache.controlnet(control).controlnet_cond_embedding
+    assert "forward" not in embedding.__dict__  # the wrapper is gone after each generation
 
 
 def test_a_controlnet_serving_two_controls_is_graphed_once():

@@ -86,11 +86,40 @@ def test_chunks_of_several_tiles_merge_to_the_same_statistics(monkeypatch):
     """Large images (a VAE's) give each statistics program several tiles: merged tile by tile, then chunk by chunk."""
     monkeypatch.setattr(group_norm_module, "SMALL_GROUP", 0)  # the three-kernel path, whatever the size
     monkeypatch.setattr(group_norm_module, "TILE", 256)
-    monkeypatch.setattr(group_norm_module, "_MAX_CHUNKS", 3)
+    monkeypatch.setattr(group_norm_module, "MAX_CHUNKS", 3)
     x = channels_last((2, 64, 9, 11), offset=5.0)
     weight, bias = torch.randn(64), torch.randn(64)
     got = group_norm_channels_last(x, 32, weight, bias, 1e-5)
     torch.testing.assert_close(got, F.group_norm(x.contiguous(), 32, weight, bias, 1e-5), atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("merge_elements", "chunks"), [(4, 1), (16, 4), (10**6, 60)])
+def test_chunks_are_as_many_as_a_merge_holds(merge_elements, chunks, monkeypatch):
+    """Many chunks fill the GPU for one image; a group's merge bounds them (here 4 channels a group)."""
+    monkeypatch.setattr(group_norm_module, "SMALL_GROUP", 0)
+    monkeypatch.setattr(group_norm_module, "TILE", 256)  # 2 pixel rows of 128 channels a tile: 60 tiles
+    monkeypatch.setattr(group_norm_module, "MAX_CHUNKS", 512)
+    monkeypatch.setattr(group_norm_module, "MERGE_ELEMENTS", merge_elements)
+    assert group_norm_module.statistics_chunks(120, 2, 4)[1] == chunks
+    x = channels_last((1, 128, 12, 10), offset=-3.0)
+    weight, bias = torch.randn(128), torch.randn(128)
+    got = group_norm_channels_last(x, 32, weight, bias, 1e-5)
+    torch.testing.assert_close(got, F.group_norm(x.contiguous(), 32, weight, bias, 1e-5), atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("kernel_path")
+def test_an_attentions_transposed_rows_are_normalised_in_place_of_layout(monkeypatch):
+    """diffusers' attention normalises (images, pixels, channels) rows transposed to (images, channels, pixels)."""
+    monkeypatch.setattr(group_norm_module._SWITCH, "usable", lambda tensor: True)
+    ran = []
+    kernel = group_norm_module.group_norm_channels_last
+    monkeypatch.setattr(group_norm_module, "group_norm_channels_last", lambda *args: ran.append(1) or kernel(*args))
+    rows = torch.randn(2, 30, 64) * 2 + 1
+    weight, bias = torch.randn(64), torch.randn(64)
+    got = group_norm(rows.transpose(1, 2), 32, weight, bias, 1e-6)
+    assert ran == [1]
+    assert got.shape == (2, 64, 30) and got.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(got, F.group_norm(rows.transpose(1, 2), 32, weight, bias, 1e-6), atol=5e-5, rtol=1e-5)
 
 
 @pytest.mark.usefixtures("kernel_path")

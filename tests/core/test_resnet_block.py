@@ -17,6 +17,8 @@ BLOCKS = {
     "unet, new width": dict(in_channels=64, out_channels=96, temb_channels=48, groups=32),  # conv_shortcut
     "unet, same width": dict(in_channels=128, out_channels=128, temb_channels=48, groups=32),
     "vae, no time embedding": dict(in_channels=128, out_channels=128, temb_channels=None, groups=32),
+    # a VAE decoder's blocks: "group" time-embedding norm, no time embedding
+    "vae decoder": dict(in_channels=128, out_channels=128, temb_channels=None, groups=32, time_embedding_norm="group"),
     "scaled output": dict(in_channels=64, out_channels=64, temb_channels=48, groups=16, output_scale_factor=2.0),
 }
 
@@ -85,3 +87,11 @@ def test_only_plain_blocks_are_routed_and_weights_stay():
         assert use_fused_resnet_blocks(model) == 0
         torch.testing.assert_close(plain(x, temb), expected, atol=2e-5, rtol=1e-5)
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in state.items())
+
+
+def test_a_time_embedding_without_projection_keeps_diffusers_forward():
+    """diffusers adds it to a "default" block as it comes (a block the fused forward never sees in SD's networks)."""
+    block, x, _ = block_and_inputs(BLOCKS["vae, no time embedding"])
+    temb = torch.randn(2, 128, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(fused_forward(block, x, temb), block(x, temb))

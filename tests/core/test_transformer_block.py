@@ -62,9 +62,24 @@ def test_layer_norm_kernel_matches_pytorch(shape, dtype, tolerance, kernels_on_c
     assert summed.dtype == normed.dtype == dtype
 
 
-def block_and_inputs(seed: int = 0, fused_projections: bool = False):
+def test_carried_bias_joins_the_stored_sum_but_not_the_normalised_one(kernels_on_cpu):
+    shape, dtype = (2, 9, 96), torch.float16
+    norm = a_layer_norm(96).to(dtype)
+    update, bias, residual = noisy(shape, 5, dtype), noisy((96,), 6, dtype), noisy(shape, 7, dtype)
+    carried_bias = noisy((96,), 8, dtype)
+    with torch.no_grad():
+        summed, normed = add_layer_norm(update, bias, residual, norm)
+        carried, carried_normed = add_layer_norm(update, bias, residual, norm, carried_bias=carried_bias)
+    assert kernels_on_cpu == [True, True]
+    assert torch.equal(carried_normed, normed)
+    torch.testing.assert_close(carried, summed + carried_bias, atol=0, rtol=0)
+
+
+def block_and_inputs(seed: int = 0, fused_projections: bool = False, **settings):
     torch.manual_seed(seed)
-    block = BasicTransformerBlock(32, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=24).eval()
+    block = BasicTransformerBlock(
+        32, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=24, **settings
+    ).eval()
     with torch.no_grad():  # diffusers initialises norms to identity and biases to zero: make them matter
         for parameter in block.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.2)
@@ -90,6 +105,24 @@ def test_triton_kernels_match_diffusers(fused_projections, kernels_on_cpu):
         expected = block(x, encoder_hidden_states=text)
         got = fused_forward(block, x, encoder_hidden_states=text)
     assert kernels_on_cpu == [False, True, True]  # every norm of the block, two with the residual add
+    torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "adds_in_place"),
+    [({}, True), ({"final_dropout": True}, True), ({"ff_bias": False}, False)],
+)
+def test_feed_forward_adds_its_product_onto_the_residual(settings, adds_in_place, kernels_on_cpu):
+    """The feed-forward's output layer accumulates onto the residual (which carries its bias) where it has a
+    bias; a feed-forward without one runs as diffusers' module, and the residual is added after it."""
+    block, x, text = block_and_inputs(seed=4, **settings)
+    with torch.no_grad():
+        expected = block(x, encoder_hidden_states=text)
+        calls = []
+        ff_forward = block.ff.forward
+        block.ff.forward = lambda *args: calls.append(True) or ff_forward(*args)
+        got = fused_forward(block, x, encoder_hidden_states=text)
+    assert calls == ([] if adds_in_place else [True])
     torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
 
 
