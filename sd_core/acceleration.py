@@ -177,9 +177,18 @@ class _CapturedGraph:
     output_spec: TreeSpec
     weights_at: int  # data pointer of the module's first parameter when captured
 
-    def replay(self, tensors: list[torch.Tensor]) -> Any:
-        torch._foreach_copy_(self.static_inputs, tensors)
+    def replay(self, tensors: list[torch.Tensor], clone_outputs: bool = True) -> Any:
+        """Run the graph on ``tensors``; its outputs cloned, or (``clone_outputs=False``) its own buffers, which
+        the next replay overwrites. An input that is its static buffer already (another graph's output handed
+        over: ``CudaGraphAccelerator._handed_over``) is not copied."""
+        moved = [
+            (static, tensor) for static, tensor in zip(self.static_inputs, tensors, strict=True) if static is not tensor
+        ]
+        if moved:
+            torch._foreach_copy_([static for static, _ in moved], [tensor for _, tensor in moved])
         self.graph.replay()
+        if not clone_outputs:
+            return tree_unflatten(self.static_outputs, self.output_spec)
         outputs = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in self.static_outputs]
         return tree_unflatten(outputs, self.output_spec)
 
@@ -200,6 +209,8 @@ class CudaGraphAccelerator:
         self._stream: torch.cuda.Stream | None = None
         self._threads_set_up: set[int] = set()  # threads whose cuBLAS workspace on that stream exists
         self._prepared: set[int] = set()
+        # Graph output buffers handed out uncloned, by id; held here so that no other tensor can take their ids.
+        self._handed_over: dict[int, torch.Tensor] = {}
 
     @contextmanager
     def active(self, pipe: Any, variant: Hashable, image_pixels: int = 0) -> Iterator[None]:
@@ -211,10 +222,12 @@ class CudaGraphAccelerator:
         """
         if image_pixels and _vae_stays_put(pipe):
             self._reserve(pipe.vae, image_pixels)
+        controlnets = controlnet_members(pipe)
         with ExitStack() as stack:
             for module in graphable_modules(pipe):
                 self._prepare(module)
-                stack.enter_context(self._installed(module, variant))
+                hands_over = controlnets.count(module) == 1
+                stack.enter_context(self._installed(module, variant, hands_over))
                 if self._embeds_conditions_once(module):  # once a generation, yet a dozen launches: a graph too
                     stack.enter_context(self._installed(module.controlnet_cond_embedding, variant))
             yield
@@ -225,6 +238,7 @@ class CudaGraphAccelerator:
 
     def _drop_graphs(self) -> None:
         self._graphs.clear()
+        self._handed_over.clear()
         self._reservations.clear()
         self._pool = None
         self._reserved_bytes = 0
@@ -308,8 +322,14 @@ class CudaGraphAccelerator:
         return embeds_once(module)
 
     @contextmanager
-    def _installed(self, module: torch.nn.Module, variant: Hashable) -> Iterator[None]:
-        """Shadow ``module.forward`` on the instance with the graph wrapper; restore exactly what was there."""
+    def _installed(self, module: torch.nn.Module, variant: Hashable, hands_over: bool = False) -> Iterator[None]:
+        """Shadow ``module.forward`` on the instance with the graph wrapper; restore exactly what was there.
+
+        ``hands_over``: the module's outputs are consumed before it runs again (a ControlNet serving one control,
+        whose residuals the UNet adds in the same step), so its graph's own output buffers are handed out
+        instead of clones, and a graph given them as inputs (the UNet's) reads them where they are: about 54 MB
+        of copies a step fewer for SD1.5 + ControlNet at 512², 13 launches fewer.
+        """
         had_own = "forward" in module.__dict__
         previous = module.__dict__.get("forward")
         eager = self._forward_of(module)
@@ -321,8 +341,8 @@ class CudaGraphAccelerator:
             image = kwargs.get("controlnet_cond")
             if embeddings is not None and isinstance(image, torch.Tensor):
                 kwargs = {**kwargs, "controlnet_cond": embeddings.of(module, image)}
-                return self._call(module, embedded, (variant, "embedded condition"), args, kwargs)
-            return self._call(module, eager, variant, args, kwargs)
+                return self._call(module, embedded, (variant, "embedded condition"), args, kwargs, hands_over)
+            return self._call(module, eager, variant, args, kwargs, hands_over)
 
         module.forward = graphed  # type: ignore[method-assign]
         try:
@@ -340,6 +360,7 @@ class CudaGraphAccelerator:
         variant: Hashable,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        hands_over: bool = False,
     ) -> Any:
         leaves, spec = tree_flatten((args, kwargs))
         layout = call_key(leaves, spec)
@@ -356,13 +377,21 @@ class CudaGraphAccelerator:
             captured = self._graphs[key] = self._capture(module, eager, leaves, spec)
         if captured is None:
             return eager(*args, **kwargs)
-        return captured.replay([leaf for leaf in leaves if isinstance(leaf, torch.Tensor)])
+        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+        if not hands_over:
+            return captured.replay(tensors)
+        self._handed_over.update((id(leaf), leaf) for leaf in captured.static_outputs if isinstance(leaf, torch.Tensor))
+        return captured.replay(tensors, clone_outputs=False)
 
     def _capture(
         self, module: torch.nn.Module, eager: Callable[..., Any], leaves: list[Any], spec: TreeSpec
     ) -> _CapturedGraph | None:
         """Warm up, record one call into the shared pool; None (run eagerly from now on) if it cannot be recorded."""
-        static_leaves = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        # Another graph's output buffers given as inputs are read where they lie (``_installed``'s hands_over).
+        static_leaves = [
+            leaf.clone() if isinstance(leaf, torch.Tensor) and self._handed_over.get(id(leaf)) is not leaf else leaf
+            for leaf in leaves
+        ]
         static_args, static_kwargs = tree_unflatten(static_leaves, spec)
         try:
             side = self._capture_stream()
@@ -509,6 +538,15 @@ def call_key(leaves: list[Any], spec: TreeSpec) -> tuple[Hashable, ...] | None:
     return tuple(parts)
 
 
+def controlnet_members(pipe: Any) -> list[torch.nn.Module]:
+    """The pipeline's ControlNets, one per control: the same network twice where it serves two controls."""
+    controlnet = getattr(pipe, "controlnet", None)
+    if controlnet is None:
+        return []
+    members = getattr(controlnet, "nets", None)
+    return list(members) if members is not None else [controlnet]
+
+
 def graphable_modules(pipe: Any) -> list[torch.nn.Module]:
     """The UNet and every ControlNet (one, or a multi's members), called every step; the text encoders,
     called twice a request (prompt and negative prompt) with hundreds of small kernels each; and the VAE's
@@ -517,10 +555,7 @@ def graphable_modules(pipe: Any) -> list[torch.nn.Module]:
     modules.extend(
         encoder for name in ("text_encoder", "text_encoder_2") if (encoder := getattr(pipe, name, None)) is not None
     )
-    controlnet = getattr(pipe, "controlnet", None)
-    if controlnet is not None:
-        members = getattr(controlnet, "nets", None)
-        modules.extend(members if members is not None else [controlnet])
+    modules.extend(controlnet_members(pipe))
     if _vae_stays_put(pipe):
         modules.extend([pipe.vae.encoder, pipe.vae.decoder])
     return list(dict.fromkeys(modules))  # one ControlNet may serve several controls: wrap it once

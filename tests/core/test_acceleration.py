@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from sd_core.acceleration import (
     CompiledGraphAccelerator,
     CudaGraphAccelerator,
     PlainPath,
+    _CapturedGraph,
     call_key,
     compile_cache_dir,
     graphable_modules,
@@ -118,6 +120,57 @@ def test_controlnet_conditioning_is_embedded_once_per_generation_with_the_same_p
     assert len(embedded) == 2  # a new generation embeds its images anew
     embedding = engine.cache.controlnet(control).controlnet_cond_embedding
     assert "forward" not in embedding.__dict__  # the wrapper is gone after each generation
+
+
+class DoublingGraph:
+    """Stands in for a CUDA graph on the CPU: replaying doubles the static input into the static output."""
+
+    def __init__(self, static_input: torch.Tensor, static_output: torch.Tensor) -> None:
+        self.static_input, self.static_output = static_input, static_output
+
+    def replay(self) -> None:
+        torch.mul(self.static_input, 2, out=self.static_output)
+
+
+def doubling_graph(static_input: torch.Tensor | None = None) -> _CapturedGraph:
+    static_input, static_output = torch.zeros(3) if static_input is None else static_input, torch.zeros(3)
+    outputs, spec = tree_flatten((static_output,))
+    return _CapturedGraph(DoublingGraph(static_input, static_output), [static_input], outputs, spec, 0)
+
+
+def test_handed_over_outputs_are_the_graphs_buffers_and_are_read_where_they_lie(monkeypatch):
+    """A ControlNet serving one control hands its output buffers to the UNet's graph, which reads them in place."""
+    controlnet = doubling_graph()
+    (cloned,) = controlnet.replay([torch.ones(3)])
+    assert cloned is not controlnet.static_outputs[0] and torch.equal(cloned, torch.full((3,), 2.0))
+    (handed,) = controlnet.replay([torch.full((3,), 3.0)], clone_outputs=False)
+    assert handed is controlnet.static_outputs[0] and torch.equal(handed, torch.full((3,), 6.0))
+    unet = doubling_graph(static_input=handed)  # what _capture records for an input it was handed over
+    copies: list[int] = []
+    foreach_copy = torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda out, src: copies.append(len(out)) or foreach_copy(out, src))
+    (result,) = unet.replay([handed])
+    assert copies == [] and torch.equal(result, torch.full((3,), 12.0))
+    (result,) = unet.replay([torch.ones(3)])  # another tensor (an eager ControlNet's) is copied in as usual
+    assert copies == [1] and torch.equal(result, torch.full((3,), 2.0))
+
+
+def test_only_a_controlnet_serving_one_control_hands_its_outputs_over(monkeypatch):
+    accelerator = CudaGraphAccelerator()
+    installed: list[tuple[torch.nn.Module, bool]] = []
+
+    @contextlib.contextmanager
+    def record(module, variant, hands_over=False):
+        installed.append((module, hands_over))
+        yield
+
+    monkeypatch.setattr(accelerator, "_installed", record)
+    monkeypatch.setattr(accelerator, "_prepare", lambda module: None)
+    unet, once, twice = (torch.nn.Linear(1, 1) for _ in range(3))
+    pipe = SimpleNamespace(unet=unet, controlnet=SimpleNamespace(nets=[once, twice, twice]), vae=None)
+    with accelerator.active(pipe, variant="none"):
+        pass
+    assert installed == [(unet, False), (once, True), (twice, False)]
 
 
 def test_a_controlnet_serving_two_controls_is_graphed_once():
