@@ -6,11 +6,12 @@ converts the result back. In the H100 profile of one SD1.5 + ControlNet request 
 NCHW statistics kernel took about a third of the GPU time (benchmarks/results/h100-2026-11-26.profile.txt);
 the UNet, ControlNet and VAE hold about a hundred GroupNorms a step.
 
-How: three kernels over the tensor viewed as (images, pixels, channels), reading whole pixel rows
-(contiguous channels: wide, coalesced loads):
-1. statistics: an image's pixels are split into up to ``_MAX_CHUNKS`` chunks, one program each (a UNet-sized
-   chunk is one or two tiles); a program keeps a mean and a sum of squared deviations per channel, merging
-   its tiles with Chan's formula (no E[x²] - E[x]² cancellation, whatever the mean);
+How: three kernels over the tensor viewed as (images, pixels, channels), reading pixel rows a block of 128
+contiguous channels at a time (wide, coalesced loads; one compiled kernel for every channel count):
+1. statistics: an image's pixels are split into up to ``MAX_CHUNKS`` chunks, one program per chunk and channel
+   block (enough programs to fill the GPU even for a VAE's single image); a program keeps a mean and a sum of
+   squared deviations per channel, merging its tiles with Chan's formula (no E[x²] - E[x]² cancellation,
+   whatever the mean);
 2. merge: one program per group and image merges its channels' chunks the same way into the group's mean
    and 1/std, and folds them with the affine weights into a scale and shift per channel;
 3. normalise: one program per tile computes x * scale + shift in fp32, like PyTorch's kernel, and writes
@@ -28,7 +29,10 @@ import torch.nn.functional as F
 
 from sd_core.triton_support import KernelSwitch, next_power_of_two, route_forward, rows_per_tile
 
-# Elements (pixels x padded channels) of one tile a statistics program holds in registers at a time, and the
+# The channels a statistics or normalising program spans: fixed, so any channel count runs the same compiled
+# kernels (each variant costs about 0.4 s of compiling before the first image), with blocks side by side.
+CHANNELS_BLOCK = 128
+# Elements (pixels x channels) of one tile a statistics program holds in registers at a time, and the
 # warps that hold it: sizes measured on an H200 (benchmarks/group_norm_benchmark.py).
 TILE = 16384
 WARPS = 4
@@ -36,9 +40,9 @@ WARPS = 4
 # 1024-16384 on an H100 (benchmarks/results/h100-2026-11-26-resnet-norms.json).
 NORMALISE_TILE = 4096
 NORMALISE_WARPS = 4
-# Statistics chunks per image, at most: enough programs to fill the GPU even for one image (a VAE's), each
-# streaming a few tiles, and few enough for a group's merge to hold them all (at most MERGE_ELEMENTS chunk
-# statistics a group). 256 was the fastest of 64-1024 or within 3% of it for every UNet and VAE shape on an H100
+# Statistics chunks per image, at most (a power of two): enough programs to fill the GPU even for one image (a
+# VAE's), each streaming a few tiles, and few enough for a group's merge to hold them all (at most MERGE_ELEMENTS
+# chunk statistics a group). 256 was the fastest of 64-1024 or within 3% of it for every UNet and VAE shape on an H100
 # (64 took 1.6x as long for a VAE's 128 channels at 512²: benchmarks/results/h100-2026-11-26-session5-steps.json).
 MAX_CHUNKS = 256
 MERGE_ELEMENTS = 8192
@@ -161,12 +165,12 @@ def _normalise_in_three_kernels(
     images, channels, height, width = x.shape
     pixels = height * width
     group_size = channels // num_groups
-    channels_block = next_power_of_two(channels)
-    rows_block = rows_per_tile(TILE, channels_block)
+    channel_blocks = -(-channels // CHANNELS_BLOCK)
+    rows_block = rows_per_tile(TILE, CHANNELS_BLOCK)
     chunk_rows, chunks = statistics_chunks(pixels, rows_block, group_size)
     statistics = torch.empty((2, images, chunks, channels), device=x.device, dtype=torch.float32)
-    kernels.chunk_statistics[(chunks, images)](
-        x, statistics[0], statistics[1], pixels, channels, chunk_rows, CHANNELS_BLOCK=channels_block,
+    kernels.chunk_statistics[(chunks, channel_blocks, images)](
+        x, statistics[0], statistics[1], pixels, channels, chunk_rows, CHANNELS_BLOCK=CHANNELS_BLOCK,
         ROWS_BLOCK=rows_block, num_warps=WARPS,
     )  # fmt: skip
     scale_and_shift = torch.empty((2, images, channels), device=x.device, dtype=torch.float32)
@@ -174,12 +178,12 @@ def _normalise_in_three_kernels(
     kernels.merge[(num_groups, images)](
         statistics[0], statistics[1], weight, bias, channel_shift, image_shift, _row_stride(image_shift),
         scale_and_shift[0], scale_and_shift[1], pixels, channels, group_size, chunk_rows, chunks, eps,
-        CHUNKS_BLOCK=next_power_of_two(chunks), MEMBER_BLOCK=next_power_of_two(group_size),
+        CHUNKS_BLOCK=_merge_chunks_block(chunks, group_size), MEMBER_BLOCK=next_power_of_two(group_size),
         HAS_CHANNEL_SHIFT=channel_shift is not None, HAS_IMAGE_SHIFT=image_shift is not None,
     )  # fmt: skip
-    normalise_rows = rows_per_tile(NORMALISE_TILE, channels_block)
-    kernels.normalise[(-(-pixels // normalise_rows), images)](
-        x, out, scale_and_shift[0], scale_and_shift[1], pixels, channels, CHANNELS_BLOCK=channels_block,
+    normalise_rows = rows_per_tile(NORMALISE_TILE, CHANNELS_BLOCK)
+    kernels.normalise[(-(-pixels // normalise_rows), channel_blocks, images)](
+        x, out, scale_and_shift[0], scale_and_shift[1], pixels, channels, CHANNELS_BLOCK=CHANNELS_BLOCK,
         ROWS_BLOCK=normalise_rows, SILU=silu, num_warps=NORMALISE_WARPS,
     )  # fmt: skip
 
@@ -187,9 +191,23 @@ def _normalise_in_three_kernels(
 def statistics_chunks(pixels: int, rows_block: int, group_size: int) -> tuple[int, int]:
     """How an image's pixels split among statistics programs: rows a chunk (whole tiles), and chunks."""
     tiles = -(-pixels // rows_block)
-    max_chunks = max(1, min(MAX_CHUNKS, MERGE_ELEMENTS // next_power_of_two(group_size)))
-    chunk_rows = rows_block * -(-tiles // max_chunks)
+    chunk_rows = rows_block * -(-tiles // _most_chunks(group_size))
     return chunk_rows, -(-pixels // chunk_rows)
+
+
+def _most_chunks(group_size: int) -> int:
+    """The most chunks a group's merge holds."""
+    return max(1, min(next_power_of_two(MAX_CHUNKS), MERGE_ELEMENTS // next_power_of_two(group_size)))
+
+
+def _merge_chunks_block(chunks: int, group_size: int) -> int:
+    """The block a merge spans ``chunks`` with: the next power of four, so that few sizes compile kernels of
+    their own (each about 0.4 s before the first image) while few chunks are not merged in a block of many
+    (a 128-chunk block for 2 chunks took 3 µs more a call on an H100)."""
+    block = 1
+    while block < chunks:
+        block *= 4
+    return min(block, _most_chunks(group_size))
 
 
 def _row_stride(image_shift: torch.Tensor | None) -> int:

@@ -22,13 +22,14 @@ import triton.language as tl
 def chunk_statistics(
     x_ptr, mean_ptr, deviation_ptr, pixels, channels, chunk_rows, CHANNELS_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr
 ):
-    """Per channel, over one chunk of an image's pixels: the mean and the sum of squared deviations.
+    """Per channel of one block of channels, over one chunk of an image's pixels: the mean and the sum of squared
+    deviations.
 
     Tiles are merged with Chan's formula, so nothing cancels however far the mean lies from zero.
     """
     chunk = tl.program_id(0)
-    image = tl.program_id(1)
-    channel = tl.arange(0, CHANNELS_BLOCK)
+    channel = tl.program_id(1) * CHANNELS_BLOCK + tl.arange(0, CHANNELS_BLOCK)
+    image = tl.program_id(2)
     first = chunk * chunk_rows
     end = tl.minimum(first + chunk_rows, pixels)
     image_at = image.to(tl.int64) * pixels * channels
@@ -113,11 +114,11 @@ def normalise(
     x_ptr, out_ptr, scale_ptr, shift_ptr, pixels, channels, CHANNELS_BLOCK: tl.constexpr, ROWS_BLOCK: tl.constexpr,
     SILU: tl.constexpr,
 ):  # fmt: skip
-    """One tile of pixel rows: x * scale + shift per channel (then SiLU if asked), in fp32, stored in the
-    input's precision."""
+    """One tile (pixel rows x a block of channels): x * scale + shift per channel (then SiLU if asked), in fp32,
+    stored in the input's precision."""
     row = tl.program_id(0) * ROWS_BLOCK + tl.arange(0, ROWS_BLOCK)[:, None]
-    image = tl.program_id(1)
-    channel = tl.arange(0, CHANNELS_BLOCK)
+    channel = tl.program_id(1) * CHANNELS_BLOCK + tl.arange(0, CHANNELS_BLOCK)
+    image = tl.program_id(2)
     in_image = channel < channels
     scale = tl.load(scale_ptr + image * channels + channel, mask=in_image, other=0.0)[None, :]
     shift = tl.load(shift_ptr + image * channels + channel, mask=in_image, other=0.0)[None, :]
