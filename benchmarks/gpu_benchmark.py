@@ -14,6 +14,9 @@ outside the steps (latency minus steps times the marginal step); time from load 
 (graph capture included); peak GPU memory allocated and reserved; and the largest pixel difference
 to stock for the same seed. The low-VRAM section runs CPU offload under a per-process memory cap.
 
+``--interleave N`` adds N rounds with stock and sd_core loaded together, one request each in turn: the ratio
+that holds when the shared host's load drifts (it moves stock's step by 20% between runs).
+
 ``--variants ... compile compile_warm`` adds acceleration "compile" (torch.compile + CUDA graphs): "compile"
 in this process with an empty inductor cache (cold: the compile is in the first-image time), then
 "compile_warm" in a second process on the same cache folder, the way a Blender restart meets it. The warm
@@ -319,6 +322,35 @@ def measure(name: str, factory, case: Case, repeats: int, **options) -> dict[str
     return {"metrics": result, "output": output}
 
 
+def interleaved(case: Case, rounds: int, **paths) -> dict[str, Any]:
+    """Stock and sd_core loaded side by side, one request each in turn: both meet the same load on a shared host,
+    which drifts between the separate blocks ``measure`` times (stock's step varied 41-56 ms across runs)."""
+    free_gpu()
+    runners = {"stock": stock_runner(case, **paths), "sd_core": sd_core_runner(case, **paths)}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _holder, run in runners.values():
+        timed(run, 2, case.steps)  # warm-up: graphs captured, kernels built
+    for _ in range(rounds):
+        for name, (_holder, run) in runners.items():
+            times[name] += timed(run, 1, case.steps)[0]
+    for name in list(runners):
+        release(runners.pop(name)[0])
+    free_gpu()
+    steps = unet_steps(case, case.steps)
+    result: dict[str, Any] = {name: {"latency_s": statistics.median(t), "all_runs_s": t} for name, t in times.items()}
+    for name in times:
+        result[name]["per_step_ms"] = result[name]["latency_s"] / steps * 1000
+    result["speedup_vs_stock"] = result["stock"]["latency_s"] / result["sd_core"]["latency_s"]
+    ratios = sorted(stock / ours for stock, ours in zip(times["stock"], times["sd_core"], strict=True))
+    result["round_speedups_min_median_max"] = [ratios[0], statistics.median(ratios), ratios[-1]]
+    print(
+        f"  interleaved x{rounds}: stock {result['stock']['per_step_ms']:.2f} ms/step, sd_core "
+        f"{result['sd_core']['per_step_ms']:.2f} ms/step, {result['speedup_vs_stock']:.2f}x",
+        flush=True,
+    )
+    return result
+
+
 def low_vram(case: Case, variant: str, factory, repeats: int, **options) -> dict[str, Any]:
     """One run under the family's memory cap (``set_per_process_memory_fraction``): fits or not, and how fast."""
     cap = LOW_VRAM_CAP_GIB[case.family]
@@ -506,6 +538,9 @@ def main() -> None:
     parser.add_argument("--compile-cache", type=Path, help='inductor cache for "compile" (default: a new, empty one)')
     parser.add_argument("--no-profile", action="store_true", help="skip the profile of one accelerated request")
     parser.add_argument(
+        "--interleave", type=int, default=0, help="also this many alternating stock / sd_core runs, both loaded"
+    )
+    parser.add_argument(
         "--profile-warm-start", action="store_true", help="cProfile the compile_warm process (slows its first image)"
     )
     parser.add_argument("--out", type=Path, required=True)
@@ -586,6 +621,8 @@ def main() -> None:
                     runs["sd_core"]["output"], runs["sd_core_off"]["output"], compared
                 )
             entry["outputs_finite"] = all(bool(np.isfinite(m["output"]).all()) for m in runs.values())
+            if args.interleave:
+                entry["interleaved"] = interleaved(case, args.interleave, **paths)
             report["cases"][name] = entry
             save()
             if "compile_warm" in args.variants and "sd_core_compile" in runs:
