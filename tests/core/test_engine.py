@@ -224,32 +224,38 @@ def test_prompt_embeddings_are_reused_only_for_the_same_words(tiny_models):
     np.testing.assert_array_equal(fresh.images[0].pixels, reused.images[0].pixels)
 
 
-def test_the_engine_computes_what_stock_diffusers_computes(tiny_models):
-    """Everything the engine does around the pipeline (kept pipelines, prompt embeddings, input and output
-    conversions) leaves the arithmetic alone: SD1 + ControlNet img2img with a negative prompt, against
+@pytest.mark.parametrize(("family", "with_control"), [("sd1", True), ("sd1", False), ("sdxl", True), ("sdxl", False)])
+def test_the_engine_computes_what_stock_diffusers_computes(tiny_models, family, with_control):
+    """Everything the engine does around the pipeline (kept pipelines, prompt embeddings, the picture encoded
+    ahead, input and output conversions) leaves the arithmetic alone: img2img with a negative prompt, against
     diffusers called the documented way."""
     import diffusers
 
+    from sd_core.engine import pipeline_class_name
     from sd_core.schedulers import make_scheduler
 
-    model, control = tiny_models["sd1"], tiny_models["sd1_controlnet"]
+    model = tiny_models[family]
+    control = tiny_models[f"{family}_controlnet"] if with_control else None
     request = make_request(model, "img2img", control, negative_prompt="blurry", strength=0.6, steps=4)
     request = dataclasses.replace(request, scheduler="euler", guidance=5.0)
     got = Engine(EngineSettings(device="cpu")).generate(request).images[0].pixels
-    stock = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
-        model, controlnet=diffusers.ControlNetModel.from_pretrained(control), safety_checker=None
-    )
+    extra = {"safety_checker": None} if family == "sd1" else {}
+    if control is not None:
+        extra["controlnet"] = diffusers.ControlNetModel.from_pretrained(control)
+    cls = getattr(diffusers, pipeline_class_name(family, "img2img", with_control))
+    stock = cls.from_pretrained(model, **extra)
     stock.scheduler = make_scheduler("euler", stock.scheduler.config)
     stock.set_progress_bar_config(disable=True)
+    images = {"control_image": request.controls[0].image[None]} if control is not None else {}
     expected = stock(
         prompt=request.prompt,
         negative_prompt="blurry",
         image=request.image[None],
-        control_image=request.controls[0].image[None],
         strength=0.6,
         num_inference_steps=4,
         guidance_scale=5.0,
         generator=torch.Generator("cpu").manual_seed(7),
         output_type="np",
+        **images,
     ).images[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
