@@ -22,6 +22,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img impo
 from sd_core.vae_precision import recasts_vae
 
 
+@torch.no_grad()  # as inside the pipeline's call: no autograd records, and the graph path applies
 def encode_ahead(
     pipe: Any, image: Any, generator: torch.Generator, dtype: torch.dtype, sdxl: bool, width: int, height: int
 ) -> torch.Tensor:
