@@ -29,10 +29,11 @@ conv1 bias and time embedding ride inside those GroupNorms (sd_core/resnet_block
 whose residual adds ride inside their LayerNorms (sd_core/transformer_block.py), 1x1 convolutions
 run as matmuls with the bias in the epilogue (sd_core/channels_last.py), other convolutions' biases added
 in one vectorised pass (sd_core/channel_bias.py), and nearest-neighbour upsampling in one pass
-(sd_core/upsample.py). Marginal cost of a step, SD1.5 +
-ControlNet img2img at 512² on an H100: 17.8 ms with graphs alone, 14.6 ms with fused QKV and channels-last,
-9.0 ms with everything (fourth session). And a ControlNet embeds its conditioning image once per generation,
-not every step (sd_core/controlnet_condition.py). Autotuned cuDNN convolutions with cuDNN attention first were
+(sd_core/upsample.py). Marginal cost of a step, SD1.5 + ControlNet img2img at 512² on an H100: 17.3 ms
+with graphs alone, 13.5 ms with fused QKV and channels-last, 8.7 ms with everything (fifth session). And a
+ControlNet embeds its conditioning image once per generation, not every step (sd_core/controlnet_condition.py),
+in a graph of its own, and where it serves one control hands its residuals to the UNet's graph in place
+(``_installed``). Autotuned cuDNN convolutions with cuDNN attention first were
 measured too and gained nothing. benchmarks/README.md has the numbers.
 
 Mode "compile" adds kernel fusion: with graphs the step is GPU-bound, so the remaining time is in the
