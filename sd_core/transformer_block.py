@@ -62,8 +62,10 @@ def fused_forward(
 ) -> torch.Tensor:
     """``BasicTransformerBlock.forward`` (same arguments, same arithmetic) with the residual adds in the norms.
 
-    In half precision it rounds differently: stock rounds the output projection with its bias, then the sum;
-    here the projection is rounded, and bias and residual are added to it in fp32 and rounded once.
+    In half precision it rounds differently: stock rounds each output projection with its bias, then the sum.
+    Here an attention's projection is rounded, and bias and residual are added to it in fp32 and rounded once;
+    the feed-forward's bias is added to the rounded residual (rounded again), and its product onto that, in the
+    matrix product's fp32 accumulator, rounded once.
     """
     if (
         block.training
@@ -104,7 +106,7 @@ def _feed_forward_output(ff: torch.nn.Module) -> torch.nn.Linear | None:
     output = net[2]
     if type(output) is not torch.nn.Linear or output.bias is None or ff.training:
         return None
-    return output if all(type(layer) is torch.nn.Dropout for layer in dropouts) else None
+    return output if all(type(layer) is torch.nn.Dropout and not layer.training for layer in dropouts) else None
 
 
 def _is_plain_attention(attention: Attention) -> bool:

@@ -41,7 +41,7 @@ def upsample_forward(
 ) -> torch.Tensor:
     """``Upsample2D.forward``, with the interpolation in one kernel where the input allows."""
     doubled = (2 * hidden_states.shape[-2], 2 * hidden_states.shape[-1]) if hidden_states.dim() == 4 else None
-    wanted = output_size is None or tuple(output_size) == doubled
+    wanted = output_size is None or (isinstance(output_size, (tuple, list)) and tuple(output_size) == doubled)
     if not (wanted and not args and not kwargs and _runs_in_triton(hidden_states)):
         return Upsample2D.forward(layer, hidden_states, output_size, *args, **kwargs)
     upsampled = _SWITCH.run(lambda: upsample_nearest_2x(hidden_states), lambda: _plain(hidden_states))

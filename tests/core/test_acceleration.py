@@ -155,7 +155,9 @@ def test_handed_over_outputs_are_the_graphs_buffers_and_are_read_where_they_lie(
     assert copies == [1] and torch.equal(result, torch.full((3,), 2.0))
 
 
-def test_only_a_controlnet_serving_one_control_hands_its_outputs_over(monkeypatch):
+def test_only_a_pipelines_one_controlnet_hands_its_outputs_over(monkeypatch):
+    """A multi-ControlNet holds its first member's outputs while the others replay: any of them may have been
+    captured before it, into memory those outputs now occupy."""
     accelerator = CudaGraphAccelerator()
     installed: list[tuple[torch.nn.Module, bool]] = []
 
@@ -166,11 +168,17 @@ def test_only_a_controlnet_serving_one_control_hands_its_outputs_over(monkeypatc
 
     monkeypatch.setattr(accelerator, "_installed", record)
     monkeypatch.setattr(accelerator, "_prepare", lambda module: None)
-    unet, once, twice = (torch.nn.Linear(1, 1) for _ in range(3))
-    pipe = SimpleNamespace(unet=unet, controlnet=SimpleNamespace(nets=[once, twice, twice]), vae=None)
-    with accelerator.active(pipe, variant="none"):
-        pass
-    assert installed == [(unet, False), (once, True), (twice, False)]
+    unet, first, second = (torch.nn.Linear(1, 1) for _ in range(3))
+    for controlnet, hands_over in ((first, True), (SimpleNamespace(nets=[first]), True)):
+        installed.clear()
+        with accelerator.active(SimpleNamespace(unet=unet, controlnet=controlnet, vae=None), variant="none"):
+            pass
+        assert installed == [(unet, False), (first, hands_over)]
+    for nets in ([first, second], [first, first]):
+        installed.clear()
+        with accelerator.active(SimpleNamespace(unet=unet, controlnet=SimpleNamespace(nets=nets), vae=None), "none"):
+            pass
+        assert installed == [(unet, False), *((net, False) for net in dict.fromkeys(nets))]
 
 
 def test_a_controlnet_serving_two_controls_is_graphed_once():
