@@ -181,7 +181,7 @@ class _CapturedGraph:
     def replay(self, tensors: list[torch.Tensor], clone_outputs: bool = True) -> Any:
         """Run the graph on ``tensors``; its outputs cloned, or (``clone_outputs=False``) its own buffers, which
         the next replay overwrites. An input that is its static buffer already (another graph's output handed
-        over: ``CudaGraphAccelerator._handed_over``) is not copied."""
+        over: ``CudaGraphAccelerator._output_buffers``) is not copied."""
         moved = [
             (static, tensor) for static, tensor in zip(self.static_inputs, tensors, strict=True) if static is not tensor
         ]
@@ -210,8 +210,9 @@ class CudaGraphAccelerator:
         self._stream: torch.cuda.Stream | None = None
         self._threads_set_up: set[int] = set()  # threads whose cuBLAS workspace on that stream exists
         self._prepared: set[int] = set()
-        # Graph output buffers handed out uncloned, by id; held here so that no other tensor can take their ids.
-        self._handed_over: dict[int, torch.Tensor] = {}
+        # Every live graph's output buffers, by id (recorded at capture; held so that no other tensor takes their
+        # ids): an input that is one of them was handed over uncloned, and a capture reads it where it lies.
+        self._output_buffers: dict[int, torch.Tensor] = {}
 
     @contextmanager
     def active(self, pipe: Any, variant: Hashable, image_pixels: int = 0) -> Iterator[None]:
@@ -241,7 +242,7 @@ class CudaGraphAccelerator:
 
     def _drop_graphs(self) -> None:
         self._graphs.clear()
-        self._handed_over.clear()
+        self._output_buffers.clear()
         self._reservations.clear()
         self._pool = None
         self._reserved_bytes = 0
@@ -377,17 +378,17 @@ class CudaGraphAccelerator:
             if stale:
                 log.warning("Weights of %s moved since capture: capturing again.", type(module).__name__)
                 for leaf in captured.static_outputs:  # type: ignore[union-attr]
-                    self._handed_over.pop(id(leaf), None)
+                    self._output_buffers.pop(id(leaf), None)
             if len(self._graphs) >= _MAX_GRAPHS:
                 self._drop_graphs()
             captured = self._graphs[key] = self._capture(module, eager, leaves, spec)
+            if captured is not None:
+                buffers = (leaf for leaf in captured.static_outputs if isinstance(leaf, torch.Tensor))
+                self._output_buffers.update((id(leaf), leaf) for leaf in buffers)
         if captured is None:
             return eager(*args, **kwargs)
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-        if not hands_over:
-            return captured.replay(tensors)
-        self._handed_over.update((id(leaf), leaf) for leaf in captured.static_outputs if isinstance(leaf, torch.Tensor))
-        return captured.replay(tensors, clone_outputs=False)
+        return captured.replay(tensors, clone_outputs=not hands_over)
 
     def _capture(
         self, module: torch.nn.Module, eager: Callable[..., Any], leaves: list[Any], spec: TreeSpec
@@ -395,7 +396,7 @@ class CudaGraphAccelerator:
         """Warm up, record one call into the shared pool; None (run eagerly from now on) if it cannot be recorded."""
         # Another graph's output buffers given as inputs are read where they lie (``_installed``'s hands_over).
         static_leaves = [
-            leaf.clone() if isinstance(leaf, torch.Tensor) and self._handed_over.get(id(leaf)) is not leaf else leaf
+            leaf.clone() if isinstance(leaf, torch.Tensor) and self._output_buffers.get(id(leaf)) is not leaf else leaf
             for leaf in leaves
         ]
         static_args, static_kwargs = tree_unflatten(static_leaves, spec)

@@ -83,13 +83,12 @@ def group_norm(
         normalised = F.group_norm(shifted, num_groups, weight, bias, eps)
         return F.silu(normalised) if silu else normalised
 
-    if x.dim() == 3 and x.stride(1) == 1 and _runs_in_triton(x.unsqueeze(-1), weight, bias):
-        # (images, channels, pixels) over pixel rows of contiguous channels, as an attention's GroupNorm gets them
-        # (diffusers transposes its (images, pixels, channels) input): the same memory as channels-last pixels
-        return group_norm(x.unsqueeze(-1), num_groups, weight, bias, eps, shifts, silu).squeeze(-1)
-    if _runs_in_triton(x, weight, bias):
+    # (images, channels, pixels) over pixel rows of contiguous channels, as an attention's GroupNorm gets them
+    # (diffusers transposes its (images, pixels, channels) input), is the same memory as channels-last pixels
+    image = x.unsqueeze(-1) if x.dim() == 3 and x.stride(1) == 1 else x
+    if _runs_in_triton(image, weight, bias):
         return _SWITCH.run(
-            lambda: group_norm_channels_last(x, num_groups, weight, bias, eps, shifts, silu),  # type: ignore[arg-type]
+            lambda: group_norm_channels_last(image, num_groups, weight, bias, eps, shifts, silu).view_as(x),  # type: ignore[arg-type]
             plain,
         )
     return plain()
