@@ -73,6 +73,7 @@ from sd_core.group_norm import use_triton_group_norm
 from sd_core.resnet_block import use_fused_resnet_blocks
 from sd_core.transformer_block import use_fused_transformer_blocks
 from sd_core.upsample import use_triton_upsampling
+from sd_core.vae_attention import use_tf32_attention_in_float32_vae
 from sd_core.vae_precision import recasts_vae
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,7 @@ class CudaGraphAccelerator:
         """One-time layout changes that make the captured kernels themselves faster."""
         if id(module) in self._prepared:
             return
+        use_tf32_attention_in_float32_vae(module)
         if self.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
             module.fuse_qkv_projections()
             share_fused_projection_storage(module)

@@ -20,6 +20,7 @@ import torch
 
 from sd_core import images
 from sd_core.acceleration import make_accelerator
+from sd_core.encode_ahead import encode_ahead
 from sd_core.errors import CancelledError, ModelError, OutOfMemoryError
 from sd_core.memory import check_fits
 from sd_core.models import ModelCache, ModelInfo
@@ -210,6 +211,10 @@ class Engine:
         words = self._prompts.arguments(
             pipe, request.model, request.prompt, request.negative_prompt, guidance=request.guidance > 1.0
         )
+        if request.mode == "img2img":  # queued now, the encode runs while the pipeline prepares on the host
+            dtype = words["prompt_embeds"].dtype
+            latents = encode_ahead(pipe, inputs["image"], generator, dtype, info.family == "sdxl", padded_w, padded_h)
+            inputs = {**inputs, "image": latents}
         output = pipe(
             **words,
             num_inference_steps=request.steps,

@@ -226,9 +226,9 @@ def test_prompt_embeddings_are_reused_only_for_the_same_words(tiny_models):
 
 @pytest.mark.parametrize(("family", "with_control"), [("sd1", True), ("sd1", False), ("sdxl", True), ("sdxl", False)])
 def test_the_engine_computes_what_stock_diffusers_computes(tiny_models, family, with_control):
-    """Everything the engine does around the pipeline (kept pipelines, prompt embeddings, input and output
-    conversions) leaves the arithmetic alone: img2img with a negative prompt, against diffusers called the
-    documented way."""
+    """Everything the engine does around the pipeline (kept pipelines, prompt embeddings, the picture encoded
+    ahead, input and output conversions) leaves the arithmetic alone: img2img with a negative prompt, against
+    diffusers called the documented way."""
     import diffusers
 
     from sd_core.engine import pipeline_class_name
@@ -259,3 +259,17 @@ def test_the_engine_computes_what_stock_diffusers_computes(tiny_models, family, 
         **images,
     ).images[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_picture_encoded_ahead_records_no_gradients(tiny_models, monkeypatch):
+    """Outside the pipeline's no-grad call, an encode would keep every activation for a backward pass (and the
+    graph path, which needs no-grad, would run it eagerly)."""
+    from sd_core import engine as engine_module
+
+    grads: list[bool] = []
+    encode = engine_module.encode_ahead
+    monkeypatch.setattr(
+        engine_module, "encode_ahead", lambda *args: grads.append(encode(*args).requires_grad) or encode(*args)
+    )
+    Engine(EngineSettings(device="cpu")).generate(make_request(tiny_models["sd1"], "img2img"))
+    assert grads == [False]
