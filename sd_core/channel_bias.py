@@ -54,7 +54,7 @@ def add_with_channel_bias(
         and residual.dtype == update.dtype
         and residual.is_contiguous(memory_format=torch.channels_last)
     )
-    if alike and _runs_in_triton(update):
+    if alike and _SWITCH.takes_image(update) and update.shape[1] >= _CHANNELS_BLOCK:
         return _SWITCH.run(lambda: _launch(update, bias, residual), lambda: _plain(update, bias, residual))
     return _plain(update, bias, residual)
 
@@ -62,15 +62,6 @@ def add_with_channel_bias(
 def _plain(update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
     update.add_(bias[:, None, None])
     return update if residual is None else update.add_(residual)
-
-
-def _runs_in_triton(x: torch.Tensor) -> bool:
-    return (
-        x.dim() == 4
-        and x.shape[1] >= _CHANNELS_BLOCK
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and _SWITCH.usable(x)
-    )
 
 
 def _launch(update: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:

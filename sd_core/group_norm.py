@@ -105,13 +105,10 @@ def _group_norm_forward(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tens
 
 def _runs_in_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
     return (
-        x.dim() == 4
-        and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and weight is not None
+        weight is not None
         and bias is not None
         and not (torch.is_grad_enabled() and weight.requires_grad)
-        and _SWITCH.usable(x)
+        and _SWITCH.takes_image(x)
     )
 
 

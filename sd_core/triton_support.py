@@ -89,6 +89,15 @@ class KernelSwitch:
             and not self.failed
         )
 
+    def takes_image(self, tensor: torch.Tensor) -> bool:
+        """``usable`` for a channels-last (N, C, H, W) image in a float type the kernels compute."""
+        return (
+            tensor.dim() == 4
+            and tensor.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and tensor.is_contiguous(memory_format=torch.channels_last)
+            and self.usable(tensor)
+        )
+
     def run(self, fast: Callable[[], Output], plain: Callable[[], Output]) -> Output:
         if not self.failed:
             try:

@@ -42,7 +42,7 @@ def upsample_forward(
     """``Upsample2D.forward``, with the interpolation in one kernel where the input allows."""
     doubled = (2 * hidden_states.shape[-2], 2 * hidden_states.shape[-1]) if hidden_states.dim() == 4 else None
     wanted = output_size is None or (isinstance(output_size, (tuple, list)) and tuple(output_size) == doubled)
-    if not (wanted and not args and not kwargs and _runs_in_triton(hidden_states)):
+    if not (wanted and not args and not kwargs and _SWITCH.takes_image(hidden_states)):
         return Upsample2D.forward(layer, hidden_states, output_size, *args, **kwargs)
     upsampled = _SWITCH.run(lambda: upsample_nearest_2x(hidden_states), lambda: _plain(hidden_states))
     if not layer.use_conv:
@@ -67,12 +67,3 @@ def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
-
-
-def _runs_in_triton(x: torch.Tensor) -> bool:
-    return (
-        x.dim() == 4
-        and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and _SWITCH.usable(x)
-    )
