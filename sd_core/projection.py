@@ -34,6 +34,12 @@ from sd_core.errors import ValidationError
 MAX_SLOPE = 20.0
 """Cap on tan(view angle) for the slope term of the depth tolerance (about 87 degrees)."""
 
+INSIDE_TOLERANCE = 1e-9
+"""A texel centre is inside a UV triangle where no barycentric weight is below minus this (edges included)."""
+
+SPAN_MARGIN = 1e-6
+"""Texels by which a triangle's row span is widened against rounding; its weights then decide."""
+
 RASTER_CHUNK_TEXELS = 1 << 22
 """Candidate texels tested per batch: bounds memory of the vectorised rasteriser (~4M x ~80 bytes)."""
 
@@ -256,13 +262,20 @@ def rasterize_uv(uv_triangles: np.ndarray, width: int, height: int) -> TexelSamp
     usable &= (box_width > 0) & (box_height > 0)
     triangles = np.flatnonzero(usable)
 
-    # One work unit = one bbox row of one triangle, so even a triangle spanning the texture is batched.
+    # One work unit = one row of one triangle, and only the columns its edges bound there (not its whole box):
+    # a triangle spanning the texture is batched too, and a slanted one costs its own texels, not its box's.
     row_triangle = np.repeat(triangles, box_height[triangles])
     row_offset = np.arange(len(row_triangle)) - np.repeat(
         np.cumsum(box_height[triangles]) - box_height[triangles], box_height[triangles]
     )
-    row_y = row_min[row_triangle] + row_offset
-    row_cost = np.cumsum(box_width[row_triangle])
+    row_y = (row_min[row_triangle] + row_offset).astype(np.float64)
+    first, last = _row_spans(a, b, c, doubled_area, row_triangle, row_y)
+    first = np.maximum(first, column_min[row_triangle])
+    last = np.minimum(last, column_max[row_triangle])
+    spanned = last >= first
+    row_triangle, row_y, first, last = row_triangle[spanned], row_y[spanned], first[spanned], last[spanned]
+    span_width = last - first + 1
+    row_cost = np.cumsum(span_width)
 
     found_index: list[np.ndarray] = []
     found_triangle: list[np.ndarray] = []
@@ -271,16 +284,15 @@ def rasterize_uv(uv_triangles: np.ndarray, width: int, height: int) -> TexelSamp
     while start < len(row_triangle):
         before = row_cost[start - 1] if start else 0
         stop = max(int(np.searchsorted(row_cost, before + RASTER_CHUNK_TEXELS, side="right")), start + 1)
-        unit_triangle = row_triangle[start:stop]
-        counts = box_width[unit_triangle]
-        triangle = np.repeat(unit_triangle, counts)
-        x = np.repeat(column_min[unit_triangle], counts) + (
+        counts = span_width[start:stop]
+        triangle = np.repeat(row_triangle[start:stop], counts)
+        x = np.repeat(first[start:stop], counts) + (
             np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         )
         y = np.repeat(row_y[start:stop], counts)
         weights = _barycentric(a[triangle], b[triangle], c[triangle], doubled_area[triangle], x, y)
-        inside = (weights >= -1e-9).all(axis=1)
-        found_index.append(y[inside] * width + x[inside])
+        inside = (weights >= -INSIDE_TOLERANCE).all(axis=1)  # the spans' rounding margin is decided here
+        found_index.append(y[inside].astype(np.int64) * width + x[inside])
         found_triangle.append(triangle[inside])
         found_weights.append(weights[inside])
         start = stop
@@ -294,6 +306,35 @@ def rasterize_uv(uv_triangles: np.ndarray, width: int, height: int) -> TexelSamp
         width=width,
         height=height,
     )
+
+
+def _row_spans(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, doubled_area: np.ndarray, triangle: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """First and last column (int64) a texel row ``y`` of each ``triangle`` may cover, a hair wide.
+
+    Along a row each barycentric weight is affine in x, so "weight >= -tolerance" bounds x on one side (or,
+    for an edge parallel to the row, keeps or drops the whole row). The bounds are widened by
+    ``SPAN_MARGIN`` so that a texel the weights would keep is never dropped by the bounds' own rounding.
+    """
+    lowest = np.full(len(triangle), -np.inf)
+    highest = np.full(len(triangle), np.inf)
+    sign = np.sign(doubled_area[triangle])
+    slack = INSIDE_TOLERANCE * np.abs(doubled_area[triangle])
+    for p, q in ((b, c), (c, a), (a, b)):  # the edges opposite a, b and c, as in ``_barycentric``
+        p, q = p[triangle], q[triangle]
+        # sign * edge(p, q) at (x, y) + slack = slope * x + offset; the texel may be inside where it is >= 0
+        slope = -sign * (q[:, 1] - p[:, 1])
+        offset = sign * ((q[:, 0] - p[:, 0]) * (y - p[:, 1]) + (q[:, 1] - p[:, 1]) * p[:, 0]) + slack
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bound = -offset / slope
+        lowest = np.where(slope > 0, np.maximum(lowest, bound), lowest)
+        highest = np.where(slope < 0, np.minimum(highest, bound), highest)
+        parallel_outside = (slope == 0) & (offset < -SPAN_MARGIN * np.abs(doubled_area[triangle]))
+        highest = np.where(parallel_outside, -np.inf, highest)
+    first = np.ceil(np.clip(lowest - SPAN_MARGIN, -1, 1 << 40)).astype(np.int64)
+    last = np.floor(np.clip(highest + SPAN_MARGIN, -(1 << 40), 1 << 40)).astype(np.int64)
+    return first, last
 
 
 def _barycentric(

@@ -127,6 +127,49 @@ def test_rasteriser_batches_give_the_same_result(monkeypatch: pytest.MonkeyPatch
     assert (whole.barycentric >= -1e-9).all() and np.allclose(whole.barycentric.sum(axis=1), 1.0)
 
 
+def brute_force_rasterisation(triangles: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every texel centre against every triangle, with the rasteriser's own inside test: (texel, first triangle)."""
+    rows, columns = np.divmod(np.arange(width * height), width)
+    covering = np.full(width * height, -1)
+    for index in range(len(triangles) - 1, -1, -1):  # the first covering triangle written last
+        corners = np.stack([triangles[index, :, 0] * width - 0.5, (1 - triangles[index, :, 1]) * height - 0.5], 1)
+        a, b, c = (np.repeat(corners[[k]], width * height, axis=0) for k in range(3))
+        area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+        if abs(area[0]) <= 1e-12:
+            continue
+        weights = projection._barycentric(a, b, c, area, columns.astype(np.float64), rows.astype(np.float64))
+        covering[(weights >= -projection.INSIDE_TOLERANCE).all(axis=1)] = index
+    texels = np.flatnonzero(covering >= 0)
+    return texels, covering[texels]
+
+
+@pytest.mark.parametrize("kind", ["random", "grid", "slivers"])
+def test_rasteriser_finds_exactly_the_texels_a_brute_force_test_finds(kind: str) -> None:
+    """Row spans only skip work: the same texels, each with the first triangle covering it, whatever the shape
+    (random overlapping triangles, a UV grid whose edges run through texel centres, long thin slivers)."""
+    rng = np.random.default_rng(1)
+    if kind == "random":
+        triangles = rng.uniform(-0.2, 1.2, size=(60, 3, 2))
+    elif kind == "grid":  # 7 x 3 quads of 4 x 4 texels on a 32 x 16 texture, corners and edges on texel centres
+        u, v = np.meshgrid((4 * np.arange(8) + 0.5) / 32, 1 - (4 * np.arange(4) + 0.5) / 16, indexing="ij")
+        corners = np.stack([u, v], axis=-1)
+        quads = [
+            (corners[i, j], corners[i + 1, j], corners[i + 1, j + 1], corners[i, j + 1])
+            for i in range(7)
+            for j in range(3)
+        ]
+        triangles = np.array([tri for q in quads for tri in ((q[0], q[1], q[2]), (q[0], q[2], q[3]))])
+    else:
+        start = rng.uniform(0, 1, size=(40, 1, 2))
+        triangles = np.concatenate([start, start + rng.uniform(-0.8, 0.8, (40, 1, 2)), start + 0.01], axis=1)
+    width, height = (32, 16) if kind == "grid" else (37, 29)
+    texels = rasterize_uv(triangles, width, height)
+    expected_texels, expected_triangles = brute_force_rasterisation(triangles, width, height)
+    assert len(expected_texels) > 0
+    assert np.array_equal(texels.texel_index, expected_texels)
+    assert np.array_equal(texels.triangle, expected_triangles)
+
+
 def test_dilate_grows_one_ring_per_iteration() -> None:
     values = np.zeros((7, 7, 1), dtype=np.float32)
     known = np.zeros((7, 7), dtype=bool)
