@@ -35,7 +35,7 @@ from typing import Any
 import bpy
 import numpy as np
 
-from sd_core.depth import visible_depth_mask
+from sd_core.depth import far_plane_margin, visible_depth_mask
 from sd_core.errors import ValidationError
 from sd_core.projection import CameraModel
 
@@ -138,7 +138,9 @@ def capture_camera(
         if required not in passes:
             raise ValidationError(f"The {engine} render produced no {required} pass, so the scene cannot be captured.")
     depth = passes["Depth"][..., 0].astype(np.float32)
-    depth[~visible_depth_mask(depth)] = np.inf
+    lens = camera_object.data
+    far_clip = lens.clip_end - far_plane_margin(lens.clip_start, lens.clip_end, lens.type == "ORTHO")
+    depth[~visible_depth_mask(depth, far_clip)] = np.inf
     labels = None
     if masked_objects:
         label = np.rint(passes["Object Index"][..., 0]).astype(np.int64) - mask_index + 1

@@ -174,3 +174,26 @@ def test_capture_image_editor_flips_rows_and_reads_alpha_or_mask(scene) -> None:
 
     with pytest.raises(ValidationError, match="same size"):
         capture_image_editor(image, bpy.data.images.new("Small", 2, 2))
+
+
+@pytest.mark.parametrize("engine", ["BLENDER_EEVEE", "BLENDER_WORKBENCH"])
+def test_eevee_and_workbench_capture_depth_and_background(scene, known_scene, engine) -> None:
+    """The scene's own render engine captures: the same depth as Cycles from EEVEE and Workbench, and the
+    background as background (EEVEE writes the far clip distance there, not Cycles' 1e10), so the mask and the
+    ControlNet's depth map cover the geometry only."""
+    scene.render.engine = engine
+    capture = capture_camera(scene)
+    labels = label_image()
+    padded = np.pad(labels, 1, mode="edge")
+    interior = np.all(
+        [padded[dy : dy + RENDER_HEIGHT, dx : dx + RENDER_WIDTH] == labels for dy in range(3) for dx in range(3)],
+        axis=0,
+    )
+    expected_depth = np.array([np.inf, 10.0, 5.0, 3.0])[labels]
+    assert np.allclose(capture.depth[interior], expected_depth[interior], rtol=1e-3)
+    assert np.array_equal(capture.mask[interior], (labels[interior] > 0).astype(np.float32))
+    control = depth_to_control_image(capture.depth)[..., 0]
+    assert (control[interior & (labels == 0)] == 0).all() and (control[interior & (labels == 3)] == 1).all()
+    if engine == "BLENDER_EEVEE":  # Workbench shades with the viewport colour, not the emission shader
+        red = capture.color[interior & (labels == 2)]
+        assert (red[:, 0] > red[:, 2] + 0.2).all()  # colour and depth are the same view
