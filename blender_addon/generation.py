@@ -107,12 +107,13 @@ def plan_generation(context: bpy.types.Context) -> Plan:
         if settings.mode != "INPAINT":
             mask = None
     else:
+        samples = settings.capture_samples or None  # 0: the scene's own
         with _render_size(scene, settings):
             if settings.source == "VIEWPORT":
                 long_side = max(scene.render.resolution_x, scene.render.resolution_y)
-                camera_capture = viewport.capture_viewport(context, objects, long_side=long_side)
+                camera_capture = viewport.capture_viewport(context, objects, long_side=long_side, samples=samples)
             else:
-                camera_capture = capture.capture_camera(scene, objects)
+                camera_capture = capture.capture_camera(scene, objects, samples=samples)
         image, depth = camera_capture.color, camera_capture.depth
         if settings.mode == "INPAINT":
             mask = camera_capture.mask

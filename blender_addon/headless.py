@@ -58,7 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--width", type=int, help="override the render width")
     parser.add_argument("--height", type=int, help="override the render height")
+    parser.add_argument(
+        "--capture-samples", type=_count, default=16, help="render samples of the camera capture (0: the scene's own)"
+    )
     return parser
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a count: give 0 or more")
+    return value
 
 
 def engine_settings(args: argparse.Namespace) -> EngineSettings:
@@ -144,6 +154,7 @@ def _apply_arguments(args: argparse.Namespace) -> None:
     settings.depth_model = args.controlnet
     settings.depth_scale = args.control_scale
     settings.project_to_selected = args.project
+    settings.capture_samples = args.capture_samples
     settings.bake_resolution = args.texture_size
     settings.output_dir = str(args.out.resolve()) + "/"
     settings.size_from_render = not (args.width or args.height)

@@ -56,6 +56,14 @@ class SDSettings(bpy.types.PropertyGroup):
         search_options={"SUGGESTION"},
     )
     source: EnumProperty(name="Source", items=SOURCES, default="CAMERA")  # type: ignore[valid-type]
+    capture_samples: IntProperty(  # type: ignore[valid-type]
+        name="Capture Samples",
+        default=16,
+        min=0,
+        max=65536,
+        description="Render samples of the camera or viewport capture (Cycles, EEVEE); 0 keeps the scene's own. "
+        "Depth and masks are exact at any count, and few samples keep Blender responsive while it renders",
+    )
     mode: EnumProperty(name="Mode", items=MODES, default="IMG2IMG")  # type: ignore[valid-type]
     source_image: PointerProperty(name="Image", type=bpy.types.Image)  # type: ignore[valid-type]
     mask_image: PointerProperty(  # type: ignore[valid-type]

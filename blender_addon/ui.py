@@ -35,6 +35,8 @@ class SD_PT_main(SidebarPanel, bpy.types.Panel):
         if settings.source == "IMAGE":
             layout.template_ID(settings, "source_image", open="image.open")
             layout.prop(settings, "mask_image")
+        else:
+            layout.prop(settings, "capture_samples")
         layout.prop(settings, "mode")
         if settings.mode != "TXT2IMG":
             layout.prop(settings, "strength", slider=True)

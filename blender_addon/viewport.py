@@ -74,10 +74,11 @@ def capture_view(
     width: int,
     height: int,
     objects: Iterable[bpy.types.Object] = (),
+    samples: int | None = None,
 ) -> CameraCapture:
     """Render the view given by a view (world -> view) and window (projection) matrix."""
     with _temporary_camera(scene, view_matrix, window_matrix, width, height):
-        return capture_camera(scene, objects)
+        return capture_camera(scene, objects, samples=samples)
 
 
 def _view_3d_regions(context: bpy.types.Context) -> Iterator[tuple[bpy.types.Area, bpy.types.Region]]:
@@ -91,9 +92,13 @@ def _view_3d_regions(context: bpy.types.Context) -> Iterator[tuple[bpy.types.Are
 
 
 def capture_viewport(
-    context: bpy.types.Context, objects: Iterable[bpy.types.Object] = (), long_side: int = 512
+    context: bpy.types.Context,
+    objects: Iterable[bpy.types.Object] = (),
+    long_side: int = 512,
+    samples: int | None = None,
 ) -> CameraCapture:
-    """Capture the active 3D viewport at its aspect ratio, ``long_side`` pixels on its longer side."""
+    """Capture the active 3D viewport at its aspect ratio, ``long_side`` pixels on its longer side (``samples``
+    as in ``capture_camera``)."""
     found = next(_view_3d_regions(context), None)
     if found is None:
         raise ValidationError("No 3D Viewport is open (or Blender runs without its interface): use the camera source.")
@@ -101,7 +106,7 @@ def capture_viewport(
     region_3d = area.spaces.active.region_3d
     scene = context.scene
     if region_3d.view_perspective == "CAMERA":  # looking through the scene camera: that is the camera source
-        return capture_camera(scene, objects)
+        return capture_camera(scene, objects, samples=samples)
     scale = long_side / max(region.width, region.height)
     width, height = max(64, round(region.width * scale)), max(64, round(region.height * scale))
-    return capture_view(scene, region_3d.view_matrix, region_3d.window_matrix, width, height, objects)
+    return capture_view(scene, region_3d.view_matrix, region_3d.window_matrix, width, height, objects, samples)

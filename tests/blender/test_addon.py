@@ -320,9 +320,32 @@ def test_headless_command_textures_and_saves_a_copy(still_life, tiny_models, tmp
     out, saved = tmp_path / "renders", tmp_path / "textured.blend"
     control = ["--controlnet", str(tiny_models["sd1_controlnet"]), "--select", "Front", "--project"]
     where = ["--texture-size", "64", "--seed", "9", "--out", str(out), "--save-as", str(saved), "--device", "cpu"]
-    code = headless.main([*common, *control, *where])
+    code = headless.main([*common, *control, *where, "--capture-samples", "1"])
     assert code == 0
+    assert bpy.context.scene.sd_settings.capture_samples == 1
     assert [p.name for p in out.iterdir()] == ["SD_rust_9.png"]
     assert saved.is_file() and blend.read_bytes() == before
     assert headless.main([*common, "--out", str(out), "--save-as", str(blend)]) == 2
     assert headless.main([*common, "--select", "Nope", "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse's one line and exit code
+        headless.main([*common, "--out", str(out), "--capture-samples", "-1"])
+    assert refused.value.code == 2
+
+
+@pytest.mark.parametrize(("capture_samples", "rendered_with"), [(2, 2), (0, 3)])
+def test_the_capture_renders_with_its_own_sample_count(still_life, capture_samples, rendered_with):
+    """A scene set up for a 4096-sample final render is captured in a moment (depth and masks are exact at any
+    count); 0 keeps the scene's own count. The scene's setting is left as it was."""
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 4096 if capture_samples else 3
+    still_life.settings.capture_samples = capture_samples
+    seen: list[int] = []
+    record = lambda scene, *_: seen.append(scene.cycles.samples)  # noqa: E731
+    bpy.app.handlers.render_pre.append(record)
+    try:
+        sys.modules[f"{ADDON}.generation"].plan_generation(bpy.context)
+    finally:
+        bpy.app.handlers.render_pre.remove(record)
+    assert seen == [rendered_with]
+    assert scene.cycles.samples == (4096 if capture_samples else 3)
