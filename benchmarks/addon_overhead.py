@@ -5,8 +5,8 @@
 Builds a small scene (a subdivided sphere and a cube on a floor), then times each stage the add-on
 runs around a generation. On Blender's main thread: the camera capture (one Cycles render with depth
 and object-index passes), building the request (depth -> ControlNet image) and reading the selected
-meshes, then writing the result (PNG with metadata + Blender image + history) and wiring the projected
-textures in. On the worker thread, beside the diffusion: projecting the image into the meshes' textures.
+meshes, then loading the result (Blender image + history) and wiring the projected textures in. On the
+worker thread, after the diffusion: writing the result PNG and projecting the image into the meshes' textures.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> None:
     settings = bpy.context.scene.sd_settings
     settings.model, settings.depth_model, settings.prompt = "unused", "unused", "timing"
     settings.project_to_selected = True
+    settings.capture_samples = args.samples
     settings.output_dir = tempfile.mkdtemp() + "/"
     timings = {}
     start = time.perf_counter()
@@ -68,15 +69,19 @@ def main() -> None:
     timings["capture + request + mesh data (render, passes, depth map)"] = time.perf_counter() - start
     pixels = np.random.default_rng(0).random((args.size, args.size, 3), dtype=np.float32)
     generated = GeneratedImage(pixels, seed=1, metadata={"prompt": "timing", "seed": 1})
+    worker_timings = {}
     start = time.perf_counter()
-    image = writeback.write_result(generated, settings)
+    path = writeback.write_png(generated, plan.output_folder)
+    worker_timings["write the result PNG"] = time.perf_counter() - start
+    start = time.perf_counter()
+    image = writeback.load_result(generated, path)
     writeback.add_history(bpy.context.scene, image, 1)
-    timings["write result (PNG + image + history)"] = time.perf_counter() - start
+    timings["load result (image + history)"] = time.perf_counter() - start
     from blender_addon import bake
 
     start = time.perf_counter()
     projections = bake.project_textures(pixels, plan.camera_capture, plan.surfaces, texture_size=args.size)
-    worker_seconds = time.perf_counter() - start
+    worker_timings[f"project onto {len(objects)} meshes ({args.size}² textures)"] = time.perf_counter() - start
     start = time.perf_counter()
     bake.wire_projections(projections)
     timings[f"wire {len(objects)} projected textures ({args.size}²)"] = time.perf_counter() - start
@@ -85,7 +90,8 @@ def main() -> None:
         print(f"  {stage:58s} {seconds * 1000:8.0f} ms")
     print(f"  {'total, excluding diffusion':58s} {sum(timings.values()) * 1000:8.0f} ms")
     print("The worker thread, after the diffusion:")
-    print(f"  {f'project onto {len(objects)} meshes ({args.size}² textures)':58s} {worker_seconds * 1000:8.0f} ms")
+    for stage, seconds in worker_timings.items():
+        print(f"  {stage:58s} {seconds * 1000:8.0f} ms")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import bpy
@@ -59,6 +60,17 @@ class Plan:
     # Meshes to project the result onto, read from Blender now; the projecting itself runs on the worker.
     surfaces: list[Any] = field(default_factory=list)
     bake_resolution: int = 1024
+    # Where the worker writes the result PNGs: the settings' folder, resolved now (it may be relative to the .blend).
+    output_folder: Path | None = None
+
+
+@dataclass(frozen=True)
+class WorkerOutput:
+    """What the worker did with a result before handing it over: the PNGs it wrote (None where writing failed:
+    the main thread then writes and reports) and the projections into the planned meshes (or why not)."""
+
+    pngs: list[Path | None]
+    projections: list[Any] | SDCoreError | None = None
 
 
 def selected_meshes(context: bpy.types.Context) -> list[bpy.types.Object]:
@@ -150,17 +162,36 @@ def plan_generation(context: bpy.types.Context) -> Plan:
         from . import bake
 
         surfaces = bake.read_surfaces(objects)
-    return Plan(request, scene.name, camera_capture, surfaces, settings.bake_resolution)
+    return Plan(
+        request, scene.name, camera_capture, surfaces, settings.bake_resolution, writeback.output_folder(settings)
+    )
 
 
 def submit(context: bpy.types.Context, settings: EngineSettings | None = None) -> Job:
     """Plan on the main thread and queue the work; ``settings`` default to the add-on preferences."""
     plan = plan_generation(context)
     engine_settings = settings or get_preferences(context).engine_settings()
-    finish = functools.partial(project_on_worker, plan) if plan.surfaces else None
     return runner(engine_settings).submit(
-        plan.request, context={"plan": plan, "apply": apply_finished}, finish_on_worker=finish
+        plan.request,
+        context={"plan": plan, "apply": apply_finished},
+        finish_on_worker=functools.partial(finish_on_worker, plan),
     )
+
+
+def finish_on_worker(plan: Plan, result: Result) -> WorkerOutput:
+    """Worker: write the PNGs and project the first image into the planned meshes, so that the main thread
+    only loads and wires what is ready."""
+    pngs = [_write_png(plan, generated) for generated in result.images]
+    return WorkerOutput(pngs, project_on_worker(plan, result) if plan.surfaces else None)
+
+
+def _write_png(plan: Plan, generated: Any) -> Path | None:
+    if plan.output_folder is None:
+        return None
+    try:
+        return writeback.write_png(generated, plan.output_folder)
+    except OSError:  # the main thread tries again and reports what stops it
+        return None
 
 
 def project_on_worker(plan: Plan, result: Result) -> Any:
@@ -185,17 +216,22 @@ def apply_finished(job: Job) -> list[bpy.types.Image]:
     if job.result is None or scene is None:
         return []
     settings: SDSettings = scene.sd_settings
+    output = job.worker_output if isinstance(job.worker_output, WorkerOutput) else WorkerOutput([])
     created = []
-    for generated in job.result.images:
-        image = writeback.write_result(generated, settings)
+    for index, generated in enumerate(job.result.images):
+        written = output.pngs[index] if index < len(output.pngs) else None
+        if written is None:
+            image = writeback.write_result(generated, settings)
+        else:
+            image = writeback.load_result(generated, written)
         writeback.add_history(scene, image, generated.seed)
         created.append(image)
     if created:
         settings.last_result = created[0]
-        if isinstance(job.worker_output, SDCoreError):
-            print(f"Stable Diffusion: the result was not projected onto the meshes: {job.worker_output}")
-        elif job.worker_output:
+        if isinstance(output.projections, SDCoreError):
+            print(f"Stable Diffusion: the result was not projected onto the meshes: {output.projections}")
+        elif output.projections:
             from . import bake
 
-            bake.wire_projections(job.worker_output)
+            bake.wire_projections(output.projections)
     return created

@@ -35,7 +35,7 @@ class Job:
     task: Task | None = None
     context: dict[str, Any] = field(default_factory=dict)
     # Work on the request's result that needs no Blender data, done on the worker so the UI never waits on it
-    # (projecting the image into textures); what it returns is ``worker_output``.
+    # (writing the PNGs, projecting the image into textures); what it returns is ``worker_output``.
     finish_on_worker: Callable[[Result], Any] | None = None
     worker_output: Any = None
     state: JobState = "queued"

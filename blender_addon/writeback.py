@@ -50,12 +50,23 @@ def _unique_path(folder: Path, name: str) -> Path:
     return path
 
 
+def write_png(generated: GeneratedImage, folder: Path) -> Path:
+    """Any thread (no bpy): save the result as a PNG carrying its settings, under a name no file has yet.
+
+    The worker calls it, so that encoding (about 0.1 s a 1024² image) never holds Blender's UI.
+    """
+    return save_png(generated.pixels, _unique_path(folder, result_name(generated.metadata)), generated.metadata)
+
+
 def write_result(generated: GeneratedImage, settings: SDSettings) -> bpy.types.Image:
-    """Save the PNG, load it as a new Blender image carrying its settings as custom properties."""
-    name = result_name(generated.metadata)
-    path = save_png(generated.pixels, _unique_path(output_folder(settings), name), generated.metadata)
+    """Save the PNG here and now, and load it (``load_result``)."""
+    return load_result(generated, write_png(generated, output_folder(settings)))
+
+
+def load_result(generated: GeneratedImage, path: Path) -> bpy.types.Image:
+    """A new Blender image of the result's PNG at ``path``, carrying its settings as custom properties."""
     image = bpy.data.images.load(str(path), check_existing=False)
-    image.name = name
+    image.name = result_name(generated.metadata)
     for key in ("prompt", "negative_prompt", "seed", "model", "steps", "guidance", "scheduler", "strength"):
         if generated.metadata.get(key) is not None:
             image[f"sd_{key}"] = generated.metadata[key]

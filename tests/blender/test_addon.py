@@ -180,6 +180,44 @@ def test_projecting_onto_the_selection_runs_on_the_worker(still_life, monkeypatc
     assert bpy.data.images.get(f"Back {bake.NODE_LABEL}") is None  # not selected: untouched
 
 
+def test_the_worker_writes_the_pngs_and_blender_only_loads_them(still_life, monkeypatch):
+    """Encoding a PNG takes about 0.1 s at 1024², 1.6 s for 16 variations: on the worker, never the UI's."""
+    writeback = sys.modules[f"{ADDON}.writeback"]
+    threads = []
+    save = writeback.save_png
+    monkeypatch.setattr(writeback, "save_png", lambda *args: threads.append(threading.current_thread()) or save(*args))
+    still_life.settings.batch_size = 2
+    generation, job = _run(still_life)
+    assert job.state == "done", job.error
+    assert len(threads) == 2 and threading.main_thread() not in threads
+    written = sorted(still_life.out.glob("*.png"))
+    assert len(written) == 2  # on disk before the main thread looked at the job
+    images = generation.apply_finished(job)
+    assert len(threads) == 2  # nothing encoded again
+    assert sorted(Path(bpy.path.abspath(image.filepath)) for image in images) == written
+    assert all(tuple(image.size) == (96, 72) for image in images)
+
+
+def test_a_png_the_worker_could_not_write_is_written_and_reported_by_blender(still_life, monkeypatch):
+    """A folder that refuses the worker (here: once) loses nothing: the main thread writes the image itself."""
+    writeback = sys.modules[f"{ADDON}.writeback"]
+    save = writeback.save_png
+    refusals = []
+
+    def refuse_once(*args):
+        if not refusals:
+            refusals.append(threading.current_thread())
+            raise PermissionError("read-only folder")
+        return save(*args)
+
+    monkeypatch.setattr(writeback, "save_png", refuse_once)
+    generation, job = _run(still_life)
+    assert job.state == "done", job.error
+    (image,) = generation.apply_finished(job)
+    assert refusals[0] is not threading.main_thread()
+    assert Path(bpy.path.abspath(image.filepath)).is_file()
+
+
 def test_history_restores_the_settings_that_made_an_image(still_life):
     generation, job = _run(still_life)
     generation.apply_finished(job)
