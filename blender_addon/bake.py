@@ -5,11 +5,12 @@ project it, compare one depth, sample one pixel) and exact in closed form, and t
 use the *captured* depth map - the one the image was generated from - which a camera-projected
 texture coordinate in a Cycles bake cannot read without another depth render. The rasteriser and all
 projection maths live in ``sd_core.projection`` (Blender-free, unit-tested); this module only pulls
-mesh data out of Blender with ``foreach_get`` and writes the result back with ``foreach_set``.
+mesh data out of Blender with ``foreach_get`` and packs the result back as PNG data.
 
 Three steps, so the Generate button keeps Blender responsive: ``read_surfaces`` (main thread, when
-planning), ``project_textures`` (no bpy: the worker runs it after the diffusion; 1.4 s for two meshes at
-1024² on a 2-core CPU) and ``wire_projections`` (main thread, at write-back: 0.2 s there).
+planning), ``project_textures`` (no bpy: the worker runs it after the diffusion, PNG encoding included;
+about 1.2 s for two meshes at 1024² on a 2-core CPU) and ``wire_projections`` (main thread, at write-back:
+packing the ready PNG data and wiring materials, milliseconds).
 ``project_onto_meshes`` runs all three where it is called.
 
 Per object: the active render UV map is used (one is made with Smart UV Project only when the mesh
@@ -27,6 +28,7 @@ import bpy
 import numpy as np
 
 from sd_core.errors import ValidationError
+from sd_core.images import png_bytes
 from sd_core.projection import project_to_texture
 
 from .capture import CameraCapture
@@ -64,11 +66,26 @@ class MeshSurface:
 
 
 @dataclass(frozen=True)
+class TexturePNG:
+    """A texture as 8-bit PNG data, encoded off the main thread; Blender packs it as it is."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+def encode_texture(rgba: np.ndarray) -> TexturePNG:
+    """Any thread (no bpy): top-row-first straight RGBA in [0, 1] as PNG data."""
+    height, width = rgba.shape[:2]
+    return TexturePNG(png_bytes(rgba), width, height)
+
+
+@dataclass(frozen=True)
 class Projection:
-    """One mesh's projected texture (top-row-first RGBA), computed off the main thread, to be wired in."""
+    """One mesh's projected texture, computed and encoded off the main thread, to be wired in."""
 
     surface: MeshSurface
-    rgba: np.ndarray
+    texture: TexturePNG
     seen_fraction: float
 
 
@@ -139,8 +156,8 @@ def project_textures(
         )
         seen = projected.weight > min_facing
         island_texels = max(int(projected.islands.sum()), 1)
-        rgba = projected.rgba(min_facing=min_facing, padding=padding)
-        projections.append(Projection(surface, rgba, float(seen.sum()) / island_texels))
+        texture = encode_texture(projected.rgba(min_facing=min_facing, padding=padding))
+        projections.append(Projection(surface, texture, float(seen.sum()) / island_texels))
     return projections
 
 
@@ -153,7 +170,7 @@ def wire_projections(projections: list[Projection]) -> list[ProjectedTexture]:
         if obj is None or obj.type != "MESH":
             continue
         uv_map = projection.surface.uv_map
-        texture, materials = wire_texture(obj, projection.rgba, uv_map)
+        texture, materials = wire_texture(obj, projection.texture, uv_map)
         results.append(ProjectedTexture(obj.name, texture, uv_map, materials, projection.seen_fraction))
     return results
 
@@ -166,12 +183,12 @@ def mesh_corners(obj: bpy.types.Object) -> tuple[str, np.ndarray, np.ndarray, np
 
 
 def wire_texture(
-    obj: bpy.types.Object, rgba: np.ndarray, uv_map: str, name: str = NODE_LABEL
+    obj: bpy.types.Object, texture: TexturePNG, uv_map: str, name: str = NODE_LABEL
 ) -> tuple[bpy.types.Image, tuple[str, ...]]:
-    """Store top-row-first RGBA as a new packed image ``"<object> <name>"`` and layer it (by its alpha)
-    over the object's materials in ``uv_map``; returns the image and the materials now using it."""
-    texture = _new_image(f"{obj.name} {name}", rgba)
-    return texture, _layer_over_materials(obj, texture, uv_map)
+    """Pack ``texture`` as a new image ``"<object> <name>"`` and layer it (by its alpha) over the object's
+    materials in ``uv_map``; returns the image and the materials now using it."""
+    image = _new_image(f"{obj.name} {name}", texture)
+    return image, _layer_over_materials(obj, image, uv_map)
 
 
 def check_meshes(meshes: list[bpy.types.Object]) -> None:
@@ -253,13 +270,14 @@ def _corner_data(obj: bpy.types.Object, uv_map: str) -> tuple[np.ndarray, np.nda
     return uvs.reshape(-1, 3, 2), positions.reshape(-1, 3, 3), normals.reshape(-1, 3, 3)
 
 
-def _new_image(name: str, rgba: np.ndarray) -> bpy.types.Image:
-    """A new packed 8-bit sRGB image (packed so it survives saving the .blend) from top-row-first RGBA."""
-    height, width = rgba.shape[:2]
-    image = bpy.data.images.new(name, width=width, height=height, alpha=True)
+def _new_image(name: str, texture: TexturePNG) -> bpy.types.Image:
+    """A new image packed from the PNG data (so it survives saving the .blend); Blender decodes it when first
+    shown, and nothing is encoded here on the main thread."""
+    image = bpy.data.images.new(name, width=texture.width, height=texture.height, alpha=True)
+    image.pack(data=texture.data, data_len=len(texture.data))
+    image.source = "FILE"
+    image.filepath_raw = f"//textures/{bpy.path.clean_name(image.name)}.png"  # where "Unpack" would write it
     image.alpha_mode = "STRAIGHT"
-    image.pixels.foreach_set(np.ascontiguousarray(rgba[::-1], dtype=np.float32).ravel())
-    image.pack()
     return image
 
 

@@ -120,6 +120,8 @@ def plan_generation(context: bpy.types.Context) -> Plan:
             mask = None
     else:
         samples = settings.capture_samples or None  # 0: the scene's own
+        if settings.mode == "TXT2IMG":  # the colour goes unused; depth and masks are exact with one sample
+            samples = 1
         with _render_size(scene, settings):
             if settings.source == "VIEWPORT":
                 long_side = max(scene.render.resolution_x, scene.render.resolution_y)

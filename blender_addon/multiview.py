@@ -231,7 +231,7 @@ def apply_multiview(plan: MultiviewPlan, result: MultiViewResult) -> list[Multiv
         obj = bpy.data.objects.get(name)
         if obj is None:  # deleted while the views were generating
             continue
-        image, materials = bake.wire_texture(obj, texture.rgba(), uv_map, TEXTURE_LABEL)
+        image, materials = bake.wire_texture(obj, bake.encode_texture(texture.rgba()), uv_map, TEXTURE_LABEL)
         seen_fraction = float(texture.seen.sum()) / max(int(surface.islands.sum()), 1)
         textures.append(MultiviewTexture(name, image, uv_map, materials, seen_fraction))
     for number, (camera_name, pixels) in enumerate(zip(plan.camera_names, result.view_images, strict=True), 1):

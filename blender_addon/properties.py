@@ -62,7 +62,8 @@ class SDSettings(bpy.types.PropertyGroup):
         min=0,
         max=65536,
         description="Render samples of the camera or viewport capture (Cycles, EEVEE); 0 keeps the scene's own. "
-        "Depth and masks are exact at any count, and few samples keep Blender responsive while it renders",
+        "Depth and masks are exact at any count, and few samples keep Blender responsive while it renders; "
+        "Text to Image, which uses no colour, always captures with one",
     )
     mode: EnumProperty(name="Mode", items=MODES, default="IMG2IMG")  # type: ignore[valid-type]
     source_image: PointerProperty(name="Image", type=bpy.types.Image)  # type: ignore[valid-type]

@@ -6,6 +6,7 @@ of 8; ``pad_to_multiple`` / ``crop`` keep the caller's size exactly by edge-padd
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,21 @@ from sd_core.errors import ValidationError
 
 LATENT_SCALE = 8
 
+PNG_COMPRESS_LEVEL = 1
+"""zlib's fastest level, near Blender's own 15% for packed PNGs: a fraction of level 6's encoding time."""
+
 
 def to_pil(pixels: np.ndarray) -> Image.Image:
     """float [0,1] (H,W,3) or (H,W) -> 8-bit PIL image."""
     data = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return Image.fromarray(data)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """float [0,1] (H,W,3) or (H,W,4) -> an 8-bit PNG file's bytes, compressed for speed (any thread)."""
+    buffer = io.BytesIO()
+    to_pil(pixels).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
 
 
 def from_pil(image: Image.Image) -> np.ndarray:

@@ -159,20 +159,23 @@ def test_projecting_onto_the_selection_runs_on_the_worker(still_life, monkeypatc
     """The Generate button's projection: mesh data read when planning, the numpy work on the worker thread
     (seconds at 2048² that the UI must not wait on), the new texture wired in on the main thread."""
     bake = sys.modules[f"{ADDON}.bake"]
-    threads = []
-    project = bake.project_textures
+    threads, encoders = [], []
+    project, encode = bake.project_textures, bake.png_bytes
     monkeypatch.setattr(
         bake,
         "project_textures",
         lambda *args, **kwargs: threads.append(threading.current_thread()) or project(*args, **kwargs),
     )
+    monkeypatch.setattr(bake, "png_bytes", lambda rgba: encoders.append(threading.current_thread()) or encode(rgba))
     still_life.settings.project_to_selected = True
     still_life.settings.bake_resolution = 64
     generation, job = _run(still_life)
     assert job.state == "done", job.error
     assert threads and threads[0] is not threading.main_thread()
+    assert encoders and threading.main_thread() not in encoders  # the texture's PNG too
     assert bpy.data.images.get(f"Front {bake.NODE_LABEL}") is None  # nothing changed before write-back
     generation.apply_finished(job)
+    assert len(encoders) == 1  # Blender packs the data as it is
     texture = bpy.data.images[f"Front {bake.NODE_LABEL}"]
     assert tuple(texture.size) == (64, 64)
     material = still_life.front.material_slots[0].material
@@ -370,13 +373,17 @@ def test_headless_command_textures_and_saves_a_copy(still_life, tiny_models, tmp
     assert refused.value.code == 2
 
 
-@pytest.mark.parametrize(("capture_samples", "rendered_with"), [(2, 2), (0, 3)])
-def test_the_capture_renders_with_its_own_sample_count(still_life, capture_samples, rendered_with):
+@pytest.mark.parametrize(
+    ("mode", "capture_samples", "rendered_with"), [("IMG2IMG", 2, 2), ("IMG2IMG", 0, 3), ("TXT2IMG", 2, 1)]
+)
+def test_the_capture_renders_with_its_own_sample_count(still_life, mode, capture_samples, rendered_with):
     """A scene set up for a 4096-sample final render is captured in a moment (depth and masks are exact at any
-    count); 0 keeps the scene's own count. The scene's setting is left as it was."""
+    count); 0 keeps the scene's own count; txt2img, which uses no colour, takes one. The scene's setting is left
+    as it was."""
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
     scene.cycles.samples = 4096 if capture_samples else 3
+    still_life.settings.mode = mode
     still_life.settings.capture_samples = capture_samples
     seen: list[int] = []
     record = lambda scene, *_: seen.append(scene.cycles.samples)  # noqa: E731

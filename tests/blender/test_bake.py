@@ -151,3 +151,24 @@ def test_bad_input_is_refused_before_anything_changes(scene, bake_scene) -> None
     with pytest.raises(ValidationError, match="shape"):
         project_onto_meshes(pattern()[:, :40], capture, [bake_scene["cube"]])
     assert (len(bpy.data.images), len(bpy.data.materials), len(bake_scene["cube"].data.uv_layers)) == counts
+
+
+def test_a_projected_texture_survives_saving_and_reopening_the_blend(scene, build: SceneBuilder, tmp_path) -> None:
+    """The texture is packed PNG data: the .blend carries it, and reopened it has the very pixels it had."""
+    build.camera((0.0, 0.0, 10.0))
+    quad = build.quad(
+        "Quad", [(-2, -2, 0), (2, -2, 0), (2, 2, 0), (-2, 2, 0)], build.emission_material("Grey", (0.5,) * 3)
+    )
+    (result,) = project_onto_meshes(pattern(), capture_camera(scene, [quad]), [quad], texture_size=64)
+    name = result.image.name
+    before = np.empty(64 * 64 * 4, dtype=np.float32)
+    result.image.pixels.foreach_get(before)
+    assert np.ptp(before[0::4]) > 0.5  # the pattern, not a flat colour
+    path = tmp_path / "textured.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    reopened = bpy.data.images[name]
+    after = np.empty(64 * 64 * 4, dtype=np.float32)
+    reopened.pixels.foreach_get(after)
+    assert reopened.packed_file is not None and tuple(reopened.size) == (64, 64)
+    assert np.array_equal(before, after)
