@@ -192,7 +192,7 @@ def _write_png(plan: Plan, generated: Any) -> Path | None:
         return None
     try:
         return writeback.write_png(generated, plan.output_folder)
-    except OSError:  # the main thread tries again and reports what stops it
+    except (OSError, ValueError):  # the main thread tries again and reports what stops it
         return None
 
 
