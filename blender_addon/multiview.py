@@ -221,17 +221,30 @@ def run_multiview(
     return texture_views(plan.surfaces, plan.views, generate, on_view=on_view)
 
 
-def apply_multiview(plan: MultiviewPlan, result: MultiViewResult) -> list[MultiviewTexture]:
-    """Main thread: wire each object's texture into its materials and show every view as a Blender image."""
+def encode_textures(result: MultiViewResult) -> list[bake.TexturePNG]:
+    """Any thread (no bpy): each fused texture as PNG data, so that ``apply_multiview`` only packs it."""
+    return [bake.encode_texture(texture.rgba()) for texture in result.textures]
+
+
+def apply_multiview(
+    plan: MultiviewPlan, result: MultiViewResult, encoded: list[bake.TexturePNG] | None = None
+) -> list[MultiviewTexture]:
+    """Main thread: wire each object's texture (``encoded`` on the worker, or now) into its materials and show
+    every view as a Blender image."""
     started = time.perf_counter()
     textures = []
-    for name, uv_map, surface, texture in zip(
-        plan.object_names, plan.uv_maps, plan.surfaces, result.textures, strict=True
+    for name, uv_map, surface, texture, png in zip(
+        plan.object_names,
+        plan.uv_maps,
+        plan.surfaces,
+        result.textures,
+        encoded if encoded is not None else encode_textures(result),
+        strict=True,
     ):
         obj = bpy.data.objects.get(name)
         if obj is None:  # deleted while the views were generating
             continue
-        image, materials = bake.wire_texture(obj, bake.encode_texture(texture.rgba()), uv_map, TEXTURE_LABEL)
+        image, materials = bake.wire_texture(obj, png, uv_map, TEXTURE_LABEL)
         seen_fraction = float(texture.seen.sum()) / max(int(surface.islands.sum()), 1)
         textures.append(MultiviewTexture(name, image, uv_map, materials, seen_fraction))
     for number, (camera_name, pixels) in enumerate(zip(plan.camera_names, result.view_images, strict=True), 1):
@@ -341,13 +354,14 @@ class SD_OT_multiview_texture(bpy.types.Operator):
         }
         job_runner = generation.runner(get_preferences(context).engine_settings())
 
-        def texture_all_views(engine: Engine, job: Job) -> MultiViewResult:
+        def texture_all_views(engine: Engine, job: Job) -> tuple[MultiViewResult, list[bake.TexturePNG]]:
             generate = engine_generator(engine, should_cancel=job.should_cancel, **generation_settings)
             on_view = lambda index, total: job_runner.report(job, Progress(index + 1, total, 0))  # noqa: E731
-            return run_multiview(plan, generate, on_view=on_view)
+            result = run_multiview(plan, generate, on_view=on_view)
+            return result, encode_textures(result)
 
         def apply(job: Job) -> list[bpy.types.Image]:
-            return [texture.image for texture in apply_multiview(plan, job.result)]
+            return [texture.image for texture in apply_multiview(plan, *job.result)]
 
         job_runner.submit_task(texture_all_views, context={"apply": apply})
         if not bpy.app.timers.is_registered(operators.poll_jobs):

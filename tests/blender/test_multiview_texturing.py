@@ -184,14 +184,19 @@ def test_panel_and_operators_register_with_the_addon(scene, pair) -> None:
     assert not hasattr(bpy.types.Scene, "sd_multiview")
 
 
-def test_the_texture_button_runs_on_the_shared_job_runner(scene, pair, tiny_models) -> None:
-    """The operator queues a task on the add-on's runner (same worker and models as Generate); the timer applies it."""
+def test_the_texture_button_runs_on_the_shared_job_runner(scene, pair, tiny_models, monkeypatch) -> None:
+    """The operator queues a task on the add-on's runner (same worker and models as Generate); the timer applies it.
+    The textures' PNG data is encoded on the worker too: the main thread only packs it."""
+    import threading
     import time
 
     import addon_utils
 
-    from blender_addon import operators
+    from blender_addon import bake, operators
 
+    encoders = []
+    encode = bake.png_bytes
+    monkeypatch.setattr(bake, "png_bytes", lambda rgba: encoders.append(threading.current_thread()) or encode(rgba))
     addon_utils.enable("blender_addon", default_set=True)
     try:
         bpy.context.preferences.addons["blender_addon"].preferences.device = "cpu"
@@ -207,6 +212,7 @@ def test_the_texture_button_runs_on_the_shared_job_runner(scene, pair, tiny_mode
             time.sleep(0.05)
         status = bpy.context.window_manager.sd_status
         assert status.startswith("Done:"), status
+        assert len(encoders) == 2 and threading.main_thread() not in encoders
         for obj in pair:
             texture = bpy.data.images[f"{obj.name} {multiview.TEXTURE_LABEL}"]
             nodes = obj.active_material.node_tree.nodes
