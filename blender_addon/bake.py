@@ -9,7 +9,7 @@ mesh data out of Blender with ``foreach_get`` and packs the result back as PNG d
 
 Three steps, so the Generate button keeps Blender responsive: ``read_surfaces`` (main thread, when
 planning), ``project_textures`` (no bpy: the worker runs it after the diffusion, PNG encoding included;
-about 1.2 s for two meshes at 1024² on a 2-core CPU) and ``wire_projections`` (main thread, at write-back:
+about 1.0 s for two meshes at 1024² on a 2-core CPU) and ``wire_projections`` (main thread, at write-back:
 packing the ready PNG data and wiring materials, milliseconds).
 ``project_onto_meshes`` runs all three where it is called.
 

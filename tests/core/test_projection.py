@@ -297,3 +297,24 @@ def test_bad_shapes_are_rejected() -> None:
         rasterize_uv(np.zeros((1, 3, 3)), 8, 8)
     with pytest.raises(ValidationError):
         CameraModel(np.eye(3), perspective(), WIDTH, HEIGHT)
+
+
+def test_projecting_in_parallel_parts_gives_the_same_texture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-texel work split over cores (``in_parallel_parts``, rasteriser batches) computes the same values."""
+    uv, positions, normals, normal = tilted_quad(30.0)
+    camera = camera_at()
+    depth_map = analytic_depth_map(camera, positions[0, 0], normal)
+    depth_map[:, : WIDTH // 3] = 3.0  # occluded, seen and (below) turned-away texels alike
+    image = np.random.default_rng(2).random((HEIGHT, WIDTH, 3), dtype=np.float32)
+    monkeypatch.setattr(projection, "_cores", lambda: 1)
+    one = project_to_texture(camera, image, depth_map, uv, positions, normals, 48, 40)
+    monkeypatch.setattr(projection, "_cores", lambda: 4)
+    monkeypatch.setattr(projection, "PARALLEL_MIN_TEXELS", 50)
+    parts = []
+    split = projection.in_parallel_parts
+    monkeypatch.setattr(projection, "in_parallel_parts", lambda work, count: parts.append(count) or split(work, count))
+    several = project_to_texture(camera, image, depth_map, uv, positions, normals, 48, 40)
+    assert parts and min(parts) >= 4 * 50  # the texels really were split four ways
+    for name in ("color", "weight", "islands"):
+        assert np.array_equal(getattr(one, name), getattr(several, name))
+    assert 0 < (one.weight > 0).mean() < 1
