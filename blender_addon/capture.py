@@ -12,10 +12,12 @@ device, gamma) - the same OCIO config Blender uses, matching Blender's saved PNG
 applied: the optional RGB curves and white balance of the view settings. Should OCIO refuse (e.g. a
 custom config without the scene's view), the plain sRGB transfer function is used instead.
 
-Mask: selected objects get temporary ``pass_index`` values above every index in the scene (one per
-object, in the order given), so the Object Index pass isolates exactly them and tells them apart.
-That pass exists in Cycles only; EEVEE and Workbench still capture colour and depth, with the mask
-then covering all visible geometry.
+Mask: in Cycles, selected objects get temporary ``pass_index`` values above every index in the scene (one
+per object, in the order given), so the Object Index pass isolates exactly them and tells them apart.
+EEVEE has no Object Index pass; there the Cryptomatte object pass does it: a pixel belongs to a selected
+object where that object covers more than half of it (the EXR's manifest maps object names to the ids
+in the pass). Workbench has neither: it captures colour and depth, and a selection mask is refused.
+Without selected objects the mask covers all visible geometry, in every engine.
 
 Other capture sources (the interactive viewport) can return the same ``CameraCapture``: it only needs
 pixels, a depth map and a ``CameraModel`` built from that view's matrices.
@@ -23,6 +25,7 @@ pixels, a depth map and a ``CameraModel`` built from that view's matrices.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -40,6 +43,7 @@ from sd_core.errors import ValidationError
 from sd_core.projection import CameraModel
 
 ENGINES_WITH_OBJECT_INDEX = frozenset({"CYCLES"})
+ENGINES_WITH_CRYPTOMATTE = frozenset({"BLENDER_EEVEE"})
 SAMPLE_SETTINGS = {"CYCLES": ("cycles", "samples"), "BLENDER_EEVEE": ("eevee", "taa_render_samples")}
 
 
@@ -99,9 +103,11 @@ def capture_camera(
         raise ValidationError("Panoramic cameras cannot be captured for projection: use a perspective camera.")
     masked_objects = list(objects)
     engine = scene.render.engine
-    if masked_objects and engine not in ENGINES_WITH_OBJECT_INDEX:
+    by_index = engine in ENGINES_WITH_OBJECT_INDEX
+    if masked_objects and not by_index and engine not in ENGINES_WITH_CRYPTOMATTE:
         raise ValidationError(
-            "A mask of selected objects needs Cycles' Object Index pass: switch the render engine to Cycles."
+            "A mask of selected objects needs Cycles' Object Index or EEVEE's Cryptomatte pass: "
+            "switch the render engine to Cycles or EEVEE."
         )
     view_layer = view_layer or _default_view_layer(scene)
     mask_index = 1 + max((obj.pass_index for obj in scene.objects), default=0)
@@ -119,10 +125,12 @@ def capture_camera(
         for setting in ("use_border", "use_compositing", "use_sequencer", "use_multiview"):
             change(render, setting, False)
         change(view_layer, "use_pass_z", True)
-        if masked_objects:
+        if masked_objects and by_index:
             change(view_layer, "use_pass_object_index", True)
             for offset, obj in enumerate(masked_objects):
                 change(obj, "pass_index", mask_index + offset)
+        elif masked_objects:
+            change(view_layer, "use_pass_cryptomatte_object", True)
         if samples is not None and engine in SAMPLE_SETTINGS:
             group, name = SAMPLE_SETTINGS[engine]
             change(getattr(scene, group), name, samples)
@@ -133,6 +141,7 @@ def capture_camera(
             for image in set(bpy.data.images) - images_before:
                 bpy.data.images.remove(image)
         passes = _read_multilayer_exr(exr_path, view_layer.name)
+        object_ids = _cryptomatte_object_ids(exr_path, view_layer.name) if masked_objects and not by_index else {}
 
     for required in ("Combined", "Depth"):
         if required not in passes:
@@ -142,9 +151,13 @@ def capture_camera(
     far_clip = lens.clip_end - far_plane_margin(lens.clip_start, lens.clip_end, lens.type == "ORTHO")
     depth[~visible_depth_mask(depth, far_clip)] = np.inf
     labels = None
-    if masked_objects:
+    if masked_objects and by_index:
         label = np.rint(passes["Object Index"][..., 0]).astype(np.int64) - mask_index + 1
         labels = np.where((label >= 1) & (label <= len(masked_objects)), label, 0).astype(np.int32)
+        mask = (labels > 0).astype(np.float32)
+    elif masked_objects:
+        ranks = [passes[name] for name in sorted(passes) if name.startswith("CryptoObject")]
+        labels = cryptomatte_labels(ranks, [object_ids.get(obj.name) for obj in masked_objects])
         mask = (labels > 0).astype(np.float32)
     else:
         mask = np.isfinite(depth).astype(np.float32)
@@ -258,6 +271,46 @@ def _read_multilayer_exr(path: str, layer_name: str) -> dict[str, np.ndarray]:
     finally:
         source.close()
     return {name: np.stack(channels, axis=2) for name, channels in channels_by_pass.items()}
+
+
+def _cryptomatte_object_ids(path: str, layer_name: str) -> dict[str, np.float32]:
+    """Object name -> its id in the Cryptomatte object pass, from the manifest in the EXR's header."""
+    oiio = _open_image_io()
+    source = oiio.ImageInput.open(path)
+    if source is None:
+        raise ValidationError(f"The render did not write its passes ({oiio.geterror()}).")
+    try:
+        attributes = {attribute.name: attribute.value for attribute in source.spec().extra_attribs}
+    finally:
+        source.close()
+    for key, value in attributes.items():
+        if key.startswith("cryptomatte/") and key.endswith("/name") and value == f"{layer_name}.CryptoObject":
+            manifest = json.loads(attributes.get(key.removesuffix("name") + "manifest", "{}"))
+            # The ids are the names' 32-bit hashes, stored in the pass as the floats with those bits.
+            return {
+                name: np.array([int(digest, 16)], dtype=np.uint32).view(np.float32)[0]
+                for name, digest in manifest.items()
+            }
+    return {}
+
+
+def cryptomatte_labels(ranks: list[np.ndarray], object_ids: list[np.float32 | None]) -> np.ndarray:
+    """(H, W) int32: k where the k-th of ``object_ids`` (1-based) covers more than half the pixel, else 0.
+
+    ``ranks`` are the Cryptomatte layers (H, W, 4), each holding two (id, coverage) pairs per pixel. An id
+    that is None (an object the render did not list: hidden, or out of the view layer) labels nothing.
+    """
+    height, width = ranks[0].shape[:2] if ranks else (0, 0)
+    labels = np.zeros((height, width), dtype=np.int32)
+    for label, object_id in enumerate(object_ids, start=1):
+        if object_id is None:
+            continue
+        coverage = np.zeros((height, width), dtype=np.float32)
+        for layer in ranks:
+            for pair in (0, 2):
+                coverage += np.where(layer[..., pair] == object_id, layer[..., pair + 1], 0.0)
+        labels[coverage > 0.5] = label
+    return labels
 
 
 def _to_display(linear_rgb: np.ndarray, scene: bpy.types.Scene) -> np.ndarray:

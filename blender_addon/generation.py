@@ -122,12 +122,13 @@ def plan_generation(context: bpy.types.Context) -> Plan:
         samples = settings.capture_samples or None  # 0: the scene's own
         if settings.mode == "TXT2IMG":  # the colour goes unused; depth and masks are exact with one sample
             samples = 1
+        masked = objects if needs_selection else []  # projecting needs no mask: any engine's depth will do
         with _render_size(scene, settings):
             if settings.source == "VIEWPORT":
                 long_side = max(scene.render.resolution_x, scene.render.resolution_y)
-                camera_capture = viewport.capture_viewport(context, objects, long_side=long_side, samples=samples)
+                camera_capture = viewport.capture_viewport(context, masked, long_side=long_side, samples=samples)
             else:
-                camera_capture = capture.capture_camera(scene, objects, samples=samples)
+                camera_capture = capture.capture_camera(scene, masked, samples=samples)
         image, depth = camera_capture.color, camera_capture.depth
         if settings.mode == "INPAINT":
             mask = camera_capture.mask

@@ -394,3 +394,22 @@ def test_the_capture_renders_with_its_own_sample_count(still_life, mode, capture
         bpy.app.handlers.render_pre.remove(record)
     assert seen == [rendered_with]
     assert scene.cycles.samples == (4096 if capture_samples else 3)
+
+
+@pytest.mark.parametrize("engine", ["BLENDER_EEVEE", "BLENDER_WORKBENCH"])
+def test_other_engines_project_and_eevee_inpaints_the_selection(still_life, engine):
+    """Projecting needs only depth, which every engine renders; inpainting the selection needs a mask of it:
+    Cycles' Object Index or EEVEE's Cryptomatte, and Workbench is told so."""
+    bpy.context.scene.render.engine = engine
+    generation = sys.modules[f"{ADDON}.generation"]
+    still_life.settings.project_to_selected = True
+    plan = generation.plan_generation(bpy.context)
+    assert [surface.object_name for surface in plan.surfaces] == ["Front"]
+    still_life.settings.project_to_selected = False
+    still_life.settings.mode = "INPAINT"
+    if engine == "BLENDER_WORKBENCH":
+        with pytest.raises(SDCoreError, match="Cycles or EEVEE"):
+            generation.plan_generation(bpy.context)
+    else:
+        mask = generation.plan_generation(bpy.context).request.mask
+        assert mask is not None and 0.05 < mask.mean() < 0.5  # the front quad, not the back one

@@ -197,3 +197,24 @@ def test_eevee_and_workbench_capture_depth_and_background(scene, known_scene, en
     if engine == "BLENDER_EEVEE":  # Workbench shades with the viewport colour, not the emission shader
         red = capture.color[interior & (labels == 2)]
         assert (red[:, 0] > red[:, 2] + 0.2).all()  # colour and depth are the same view
+
+
+def test_eevee_masks_selected_objects_through_cryptomatte(scene, known_scene) -> None:
+    """EEVEE has no Object Index pass: its Cryptomatte pass tells the selected objects apart, so inpainting
+    the selection, projection and multi-view texturing work there too (exact away from anti-aliased edges)."""
+    scene.render.engine = "BLENDER_EEVEE"
+    before = scene_state(scene)
+    capture = capture_camera(scene, [known_scene["red"], known_scene["blocker"]])
+    labels = label_image()
+    padded = np.pad(labels, 1, mode="edge")
+    interior = np.all(
+        [padded[dy : dy + RENDER_HEIGHT, dx : dx + RENDER_WIDTH] == labels for dy in range(3) for dx in range(3)],
+        axis=0,
+    )
+    expected = np.array([0, 0, 1, 2])[labels]  # background, floor (not selected), red (1st), blocker (2nd)
+    assert np.array_equal(capture.labels[interior], expected[interior])
+    assert np.array_equal(capture.mask[interior], (expected[interior] > 0).astype(np.float32))
+    assert not scene.view_layers[0].use_pass_cryptomatte_object and scene_state(scene) == before
+    scene.render.engine = "BLENDER_WORKBENCH"  # neither pass: refused, not a wrong mask
+    with pytest.raises(ValidationError, match="Cycles or EEVEE"):
+        capture_camera(scene, [known_scene["red"]])

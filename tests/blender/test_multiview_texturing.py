@@ -219,3 +219,12 @@ def test_the_texture_button_runs_on_the_shared_job_runner(scene, pair, tiny_mode
             assert any(getattr(node, "image", None) == texture for node in nodes)
     finally:
         addon_utils.disable("blender_addon", default_set=True)
+
+
+def test_eevee_scenes_get_per_object_labels_too(scene, pair) -> None:
+    """Multi-view keeps each object's paint on that object through labels: EEVEE's come from Cryptomatte."""
+    scene.render.engine = "BLENDER_EEVEE"
+    cameras = multiview.ring_cameras(scene, pair, count=2, elevation_degrees=20.0, top=False)
+    plan = multiview.plan_multiview(scene, pair, cameras, size=VIEW_SIZE, texture_size=64)
+    for view in plan.views:
+        assert {0, 1, 2} == set(np.unique(view.labels))
