@@ -62,10 +62,15 @@ def in_parallel_parts(work: Callable[[slice], Part], count: int) -> list[Part]:
     are identical to one pass.
     """
     parts = max(1, min(_cores(), count // PARALLEL_MIN_TEXELS))
-    if parts == 1:
-        return [work(slice(0, count))]
-    step = -(-count // parts)
-    return list(_thread_pool().map(work, [slice(start, min(start + step, count)) for start in range(0, count, step)]))
+    step = max(1, -(-count // parts))
+    return _in_parallel(
+        work, [slice(start, min(start + step, count)) for start in range(0, count, step)] or [slice(0, 0)]
+    )
+
+
+def _in_parallel(work: Callable[[slice], Part], slices: list[slice]) -> list[Part]:
+    """``work`` on each slice, on the thread pool when there are several; results in order."""
+    return list(_thread_pool().map(work, slices)) if len(slices) > 1 else [work(part) for part in slices]
 
 
 def _cores() -> int:
@@ -275,7 +280,8 @@ class TexelSamples:
 
 
 def rasterize_uv(uv_triangles: np.ndarray, width: int, height: int) -> TexelSamples:
-    """Find every texel centre inside the (T, 3, 2) UV triangles, vectorised in batches of bbox rows."""
+    """Find every texel centre inside the (T, 3, 2) UV triangles, vectorised in batches of triangle rows that
+    run on every core."""
     uv = np.asarray(uv_triangles, dtype=np.float64)
     if uv.ndim != 3 or uv.shape[1:] != (3, 2):
         raise ValidationError(f"UV triangles must be a (T, 3, 2) array, got shape {uv.shape}.")
@@ -312,7 +318,8 @@ def rasterize_uv(uv_triangles: np.ndarray, width: int, height: int) -> TexelSamp
     row_cost = np.cumsum(span_width)
 
     # Batches of whole rows, each at most RASTER_CHUNK_TEXELS candidates and about a core's share of them.
-    batch_texels = min(RASTER_CHUNK_TEXELS, max(PARALLEL_MIN_TEXELS, -(-int(row_cost[-1:].sum()) // _cores())))
+    candidates = int(row_cost[-1]) if len(row_cost) else 0
+    batch_texels = min(RASTER_CHUNK_TEXELS, max(PARALLEL_MIN_TEXELS, -(-candidates // _cores())))
     batches = []
     start = 0
     while start < len(row_triangle):
@@ -330,7 +337,7 @@ def rasterize_uv(uv_triangles: np.ndarray, width: int, height: int) -> TexelSamp
         inside = (weights >= -INSIDE_TOLERANCE).all(axis=1)  # the spans' rounding margin is decided here
         return y[inside].astype(np.int64) * width + x[inside], triangle[inside], weights[inside]
 
-    found = list(_thread_pool().map(rasterise, batches)) if len(batches) > 1 else [rasterise(b) for b in batches]
+    found = _in_parallel(rasterise, batches)
     if not found:
         return TexelSamples(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)), width, height)
     texel_index, first = np.unique(np.concatenate([part[0] for part in found]), return_index=True)

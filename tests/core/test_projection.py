@@ -318,3 +318,13 @@ def test_projecting_in_parallel_parts_gives_the_same_texture(monkeypatch: pytest
     for name in ("color", "weight", "islands"):
         assert np.array_equal(getattr(one, name), getattr(several, name))
     assert 0 < (one.weight > 0).mean() < 1
+
+
+def test_a_mesh_outside_the_uv_square_projects_to_an_empty_texture() -> None:
+    uv, positions, normals, normal = tilted_quad(0.0)
+    camera = camera_at()
+    depth_map = analytic_depth_map(camera, positions[0, 0], normal)
+    result = project_to_texture(
+        camera, np.ones((HEIGHT, WIDTH, 3), np.float32), depth_map, uv + 5, positions, normals, 8, 8
+    )
+    assert not result.islands.any() and not result.weight.any()
