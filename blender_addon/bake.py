@@ -67,17 +67,14 @@ class MeshSurface:
 
 @dataclass(frozen=True)
 class TexturePNG:
-    """A texture as 8-bit PNG data, encoded off the main thread; Blender packs it as it is."""
+    """A texture as 8-bit PNG data (its size and pixels), encoded off the main thread; Blender packs it as it is."""
 
     data: bytes
-    width: int
-    height: int
 
 
 def encode_texture(rgba: np.ndarray) -> TexturePNG:
     """Any thread (no bpy): top-row-first straight RGBA in [0, 1] as PNG data."""
-    height, width = rgba.shape[:2]
-    return TexturePNG(png_bytes(rgba), width, height)
+    return TexturePNG(png_bytes(rgba))
 
 
 @dataclass(frozen=True)
@@ -273,7 +270,7 @@ def _corner_data(obj: bpy.types.Object, uv_map: str) -> tuple[np.ndarray, np.nda
 def _new_image(name: str, texture: TexturePNG) -> bpy.types.Image:
     """A new image packed from the PNG data (so it survives saving the .blend); Blender decodes it when first
     shown, and nothing is encoded here on the main thread."""
-    image = bpy.data.images.new(name, width=texture.width, height=texture.height, alpha=True)
+    image = bpy.data.images.new(name, width=1, height=1, alpha=True)  # its size comes from the PNG
     image.pack(data=texture.data, data_len=len(texture.data))
     image.source = "FILE"
     image.filepath_raw = f"//textures/{bpy.path.clean_name(image.name)}.png"  # where "Unpack" would write it

@@ -14,10 +14,15 @@ custom config without the scene's view), the plain sRGB transfer function is use
 
 Mask: in Cycles, selected objects get temporary ``pass_index`` values above every index in the scene (one
 per object, in the order given), so the Object Index pass isolates exactly them and tells them apart.
-EEVEE has no Object Index pass; there the Cryptomatte object pass does it: a pixel belongs to a selected
-object where that object covers more than half of it (the EXR's manifest maps object names to the ids
-in the pass). Workbench has neither: it captures colour and depth, and a selection mask is refused.
-Without selected objects the mask covers all visible geometry, in every engine.
+EEVEE has no Object Index pass; there the Cryptomatte object pass does it: a pixel is the selection's where
+the selected objects cover more than half of it, and belongs to the one covering most (the EXR's manifest
+maps object names to the ids in the pass). Workbench has neither: it captures colour and depth, and a
+selection mask is refused. Without selected objects the mask covers all visible geometry, in every engine.
+
+Background: Cycles writes 1e10 where nothing was hit, Workbench infinity; EEVEE writes the far clip
+distance, read back through a depth buffer whose rounding there grows with clip_end / clip_start (a far
+clip of 1000 read back as 683 with clip_start 0.0001), so no depth threshold finds it. EEVEE captures always
+render the Cryptomatte pass, and a pixel less than half covered by any object is background.
 
 Other capture sources (the interactive viewport) can return the same ``CameraCapture``: it only needs
 pixels, a depth map and a ``CameraModel`` built from that view's matrices.
@@ -38,7 +43,7 @@ from typing import Any
 import bpy
 import numpy as np
 
-from sd_core.depth import far_plane_margin, visible_depth_mask
+from sd_core.depth import visible_depth_mask
 from sd_core.errors import ValidationError
 from sd_core.projection import CameraModel
 
@@ -129,7 +134,7 @@ def capture_camera(
             change(view_layer, "use_pass_object_index", True)
             for offset, obj in enumerate(masked_objects):
                 change(obj, "pass_index", mask_index + offset)
-        elif masked_objects:
+        if engine in ENGINES_WITH_CRYPTOMATTE:  # its background, and the selection where there is one
             change(view_layer, "use_pass_cryptomatte_object", True)
         if samples is not None and engine in SAMPLE_SETTINGS:
             group, name = SAMPLE_SETTINGS[engine]
@@ -140,23 +145,25 @@ def capture_camera(
         finally:  # rendering creates the "Render Result" image when there was none
             for image in set(bpy.data.images) - images_before:
                 bpy.data.images.remove(image)
-        passes = _read_multilayer_exr(exr_path, view_layer.name)
-        object_ids = _cryptomatte_object_ids(exr_path, view_layer.name) if masked_objects and not by_index else {}
+        passes, header = _read_multilayer_exr(exr_path, view_layer.name)
 
-    for required in ("Combined", "Depth"):
-        if required not in passes:
-            raise ValidationError(f"The {engine} render produced no {required} pass, so the scene cannot be captured.")
+    required = ("Combined", "Depth", "CryptoObject00") if engine in ENGINES_WITH_CRYPTOMATTE else ("Combined", "Depth")
+    for name in required:
+        if name not in passes:
+            raise ValidationError(f"The {engine} render produced no {name} pass, so the scene cannot be captured.")
     depth = passes["Depth"][..., 0].astype(np.float32)
-    lens = camera_object.data
-    far_clip = lens.clip_end - far_plane_margin(lens.clip_start, lens.clip_end, lens.type == "ORTHO")
-    depth[~visible_depth_mask(depth, far_clip)] = np.inf
+    visible = visible_depth_mask(depth)
+    ranks = [passes[name] for name in sorted(passes) if name.startswith("CryptoObject")]
+    if engine in ENGINES_WITH_CRYPTOMATTE:
+        visible &= cryptomatte_coverage(ranks) > 0.5
+    depth[~visible] = np.inf
     labels = None
     if masked_objects and by_index:
         label = np.rint(passes["Object Index"][..., 0]).astype(np.int64) - mask_index + 1
         labels = np.where((label >= 1) & (label <= len(masked_objects)), label, 0).astype(np.int32)
         mask = (labels > 0).astype(np.float32)
     elif masked_objects:
-        ranks = [passes[name] for name in sorted(passes) if name.startswith("CryptoObject")]
+        object_ids = cryptomatte_object_ids(header, view_layer.name)
         labels = cryptomatte_labels(ranks, [object_ids.get(obj.name) for obj in masked_objects])
         mask = (labels > 0).astype(np.float32)
     else:
@@ -250,14 +257,16 @@ def _open_image_io() -> Any:
     return OpenImageIO
 
 
-def _read_multilayer_exr(path: str, layer_name: str) -> dict[str, np.ndarray]:
-    """Pass name -> (H, W, C) float32 for one view layer; Blender 5 writes one EXR part per pass."""
+def _read_multilayer_exr(path: str, layer_name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Pass name -> (H, W, C) float32 for one view layer (Blender 5 writes one EXR part per pass), and the
+    file's header attributes (where Cryptomatte keeps its manifest)."""
     oiio = _open_image_io()
     source = oiio.ImageInput.open(path)
     if source is None:
         raise ValidationError(f"The render did not write its passes ({oiio.geterror()}).")
     channels_by_pass: dict[str, list[np.ndarray]] = {}
     try:
+        header = {attribute.name: attribute.value for attribute in source.spec().extra_attribs}
         part = 0
         while source.seek_subimage(part, 0):
             spec = source.spec()
@@ -270,47 +279,54 @@ def _read_multilayer_exr(path: str, layer_name: str) -> dict[str, np.ndarray]:
             part += 1
     finally:
         source.close()
-    return {name: np.stack(channels, axis=2) for name, channels in channels_by_pass.items()}
+    return {name: np.stack(channels, axis=2) for name, channels in channels_by_pass.items()}, header
 
 
-def _cryptomatte_object_ids(path: str, layer_name: str) -> dict[str, np.float32]:
-    """Object name -> its id in the Cryptomatte object pass, from the manifest in the EXR's header."""
-    oiio = _open_image_io()
-    source = oiio.ImageInput.open(path)
-    if source is None:
-        raise ValidationError(f"The render did not write its passes ({oiio.geterror()}).")
-    try:
-        attributes = {attribute.name: attribute.value for attribute in source.spec().extra_attribs}
-    finally:
-        source.close()
-    for key, value in attributes.items():
+def cryptomatte_object_ids(header: dict[str, Any], layer_name: str) -> dict[str, np.float32]:
+    """Object name -> its id in the layer's Cryptomatte object pass, from the manifest in the EXR ``header``.
+
+    The manifest gives each name's 32-bit hash; the pass stores it as the float with those bits, its exponent
+    kept within 1-254 (no denormals, infinities or NaNs), as the Cryptomatte specification and Blender do.
+    """
+    for key, value in header.items():
         if key.startswith("cryptomatte/") and key.endswith("/name") and value == f"{layer_name}.CryptoObject":
-            manifest = json.loads(attributes.get(key.removesuffix("name") + "manifest", "{}"))
-            # The ids are the names' 32-bit hashes, stored in the pass as the floats with those bits.
-            return {
-                name: np.array([int(digest, 16)], dtype=np.uint32).view(np.float32)[0]
-                for name, digest in manifest.items()
-            }
+            manifest = json.loads(header.get(key.removesuffix("name") + "manifest", "{}"))
+            return {name: _hash_to_float(int(digest, 16)) for name, digest in manifest.items()}
     return {}
 
 
-def cryptomatte_labels(ranks: list[np.ndarray], object_ids: list[np.float32 | None]) -> np.ndarray:
-    """(H, W) int32: k where the k-th of ``object_ids`` (1-based) covers more than half the pixel, else 0.
+def _hash_to_float(bits: int) -> np.float32:
+    exponent = min(max((bits >> 23) & 0xFF, 1), 254)
+    return np.array([(bits & 0x807FFFFF) | (exponent << 23)], dtype=np.uint32).view(np.float32)[0]
 
-    ``ranks`` are the Cryptomatte layers (H, W, 4), each holding two (id, coverage) pairs per pixel. An id
-    that is None (an object the render did not list: hidden, or out of the view layer) labels nothing.
+
+def cryptomatte_coverage(ranks: list[np.ndarray], object_id: np.float32 | None = None) -> np.ndarray:
+    """(H, W) float32: how much of each pixel ``object_id`` covers, or any object when it is None.
+
+    ``ranks`` are the Cryptomatte layers (H, W, 4), each holding two (id, coverage) pairs per pixel; EEVEE
+    lists the background too, as id 0.
     """
     height, width = ranks[0].shape[:2] if ranks else (0, 0)
-    labels = np.zeros((height, width), dtype=np.int32)
-    for label, object_id in enumerate(object_ids, start=1):
-        if object_id is None:
-            continue
-        coverage = np.zeros((height, width), dtype=np.float32)
-        for layer in ranks:
-            for pair in (0, 2):
-                coverage += np.where(layer[..., pair] == object_id, layer[..., pair + 1], 0.0)
-        labels[coverage > 0.5] = label
-    return labels
+    coverage = np.zeros((height, width), dtype=np.float32)
+    for layer in ranks:
+        for pair in (0, 2):
+            ids = layer[..., pair]
+            covers = ids != 0.0 if object_id is None else ids == object_id
+            coverage += np.where(covers, layer[..., pair + 1], np.float32(0.0))
+    return coverage
+
+
+def cryptomatte_labels(ranks: list[np.ndarray], object_ids: list[np.float32 | None]) -> np.ndarray:
+    """(H, W) int32: where ``object_ids`` together cover more than half the pixel, the 1-based number of the one
+    covering most of it; 0 elsewhere. An id that is None (an object the render did not list: hidden, or out of
+    the view layer) covers nothing."""
+    height, width = ranks[0].shape[:2] if ranks else (0, 0)
+    coverages = np.stack(
+        [np.zeros((height, width), np.float32)]
+        + [cryptomatte_coverage(ranks, object_id) for object_id in object_ids if object_id is not None]
+    )
+    numbers = np.array([0] + [k for k, object_id in enumerate(object_ids, start=1) if object_id is not None])
+    return np.where(coverages.sum(axis=0) > 0.5, numbers[coverages.argmax(axis=0)], 0).astype(np.int32)
 
 
 def _to_display(linear_rgb: np.ndarray, scene: bpy.types.Scene) -> np.ndarray:

@@ -8,6 +8,7 @@ differs (a timer polling the job runner, or a blocking wait).
 from __future__ import annotations
 
 import functools
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ class Plan:
     surfaces: list[Any] = field(default_factory=list)
     bake_resolution: int = 1024
     # Where the worker writes the result PNGs: the settings' folder, resolved now (it may be relative to the .blend).
-    output_folder: Path | None = None
+    output_folder: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "sd_output")
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,6 @@ def finish_on_worker(plan: Plan, result: Result) -> WorkerOutput:
 
 
 def _write_png(plan: Plan, generated: Any) -> Path | None:
-    if plan.output_folder is None:
-        return None
     try:
         return writeback.write_png(generated, plan.output_folder)
     except (OSError, ValueError):  # the main thread tries again and reports what stops it

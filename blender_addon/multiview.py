@@ -185,7 +185,8 @@ def plan_multiview(
     """Render every camera's conditioning and extract every mesh's texels (main thread).
 
     One sample is enough: the colour pass only gives the model context around the objects, while
-    depth and object index, what projection relies on, are exact with any sample count.
+    depth and the object labels (Cycles' Object Index, EEVEE's Cryptomatte), what projection relies on,
+    hold with any sample count.
     """
     meshes = list(objects)
     if not meshes:

@@ -19,28 +19,9 @@ BACKGROUND_DEPTH = 1e9
 """Depth at or beyond this is background: Cycles writes 1e10 where a ray hits nothing."""
 
 
-DEPTH_BUFFER_STEP = 2.0**-20
-"""A rasteriser's depth-buffer rounding near the far plane, as a fraction of its [0, 1] range (16x float32's)."""
-
-MOST_FAR_PLANE_MARGIN = 0.01
-"""The far-plane margin never takes more than this fraction of the clip range's end."""
-
-
-def visible_depth_mask(depth: np.ndarray, far_clip: float = np.inf) -> np.ndarray:
-    """Pixels that show geometry: finite, positive depth short of the background value and of ``far_clip``
-    (less its ``far_plane_margin``: where rasterisers such as EEVEE put what they did not hit)."""
-    return np.isfinite(depth) & (depth > 0.0) & (depth < min(BACKGROUND_DEPTH, far_clip))
-
-
-def far_plane_margin(clip_start: float, clip_end: float, orthographic: bool) -> float:
-    """How far short of ``clip_end`` a depth buffer may put the background, rounded at the far plane.
-
-    EEVEE writes the far clip distance where nothing was hit (Cycles writes 1e10), read back through its depth
-    buffer: a perspective buffer's step there is about ``clip_end² / clip_start`` times the buffer's own, an
-    orthographic one's ``clip_end - clip_start`` times. Geometry that close to the far plane counts as background.
-    """
-    span = clip_end - clip_start if orthographic else clip_end * clip_end / max(clip_start, 1e-9)
-    return min(span * DEPTH_BUFFER_STEP, clip_end * MOST_FAR_PLANE_MARGIN)
+def visible_depth_mask(depth: np.ndarray) -> np.ndarray:
+    """Pixels that show geometry: finite, positive depth short of the background value."""
+    return np.isfinite(depth) & (depth > 0.0) & (depth < BACKGROUND_DEPTH)
 
 
 def depth_to_control_image(

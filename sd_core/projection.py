@@ -340,11 +340,11 @@ def rasterize_uv(uv_triangles: np.ndarray, width: int, height: int) -> TexelSamp
     found = _in_parallel(rasterise, batches)
     if not found:
         return TexelSamples(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)), width, height)
-    texel_index, first = np.unique(np.concatenate([part[0] for part in found]), return_index=True)
+    texel_index, first_found = np.unique(np.concatenate([part[0] for part in found]), return_index=True)
     return TexelSamples(
         texel_index=texel_index,
-        triangle=np.concatenate([part[1] for part in found])[first],
-        barycentric=np.concatenate([part[2] for part in found])[first],
+        triangle=np.concatenate([part[1] for part in found])[first_found],
+        barycentric=np.concatenate([part[2] for part in found])[first_found],
         width=width,
         height=height,
     )

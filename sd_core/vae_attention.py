@@ -11,12 +11,15 @@ computes its attention in fp16 with the same 10-bit mantissa. SDXL + ControlNet 
 How: each attention inside a VAE encoder or decoder computes, where its weights are fp32 and on a CUDA GPU,
 with SDPA's plain (matrix product) backend and TF32 products allowed for the call. Its scores take 2 GiB at
 1024² for a moment, inside the block the graphs reserve for the decoder's full-size activations (3 GiB:
-sd_core/acceleration.py ``_reserve``), so the peak stays.
+sd_core/acceleration.py ``_reserve``), so the peak stays; above 1024² (``MOST_PLAIN_TOKENS``) the scores
+would outgrow that block (32 GiB at 2048²), so larger sizes keep the memory-efficient kernel.
 Anything else (half precision, where the efficient kernel is faster; the CPU) runs diffusers' forward unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -35,14 +38,41 @@ def use_tf32_attention_in_float32_vae(module: torch.nn.Module) -> int:
     return shadow_forward(routable_layers(module, Attention), tf32_attention_forward)
 
 
+MOST_PLAIN_TOKENS = 128 * 128
+"""The most latent pixels (a 1024² image's) whose fp32 scores (1 GiB, twice that with the softmax) the plain
+backend may hold: beyond, the scores grow with the square of the size and the memory-efficient kernel runs."""
+
+
 def tf32_attention_forward(attention: Attention, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    """``Attention.forward``; for fp32 on a CUDA GPU with the plain SDPA backend and TF32 matrix products."""
-    if hidden_states.dtype != torch.float32 or not hidden_states.is_cuda:
+    """``Attention.forward``; for fp32 on a CUDA GPU up to ``MOST_PLAIN_TOKENS``, with the plain SDPA backend
+    and TF32 matrix products."""
+    tokens = hidden_states.shape[-2] * hidden_states.shape[-1] if hidden_states.dim() == 4 else hidden_states.shape[1]
+    if hidden_states.dtype != torch.float32 or not hidden_states.is_cuda or tokens > MOST_PLAIN_TOKENS:
         return Attention.forward(attention, hidden_states, *args, **kwargs)
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")  # TF32, for this call (and the kernels a graph records in it)
+    with _tf32_matrix_products(), sdpa_kernel([SDPBackend.MATH]):
+        return Attention.forward(attention, hidden_states, *args, **kwargs)
+
+
+@contextmanager
+def _tf32_matrix_products() -> Iterator[None]:
+    """TF32 for CUDA matrix products within the block (and the kernels a graph records in it), then as before.
+
+    Through PyTorch's process-wide precision: the legacy setting, or the per-backend one where the process chose
+    that API (PyTorch refuses to read the legacy one then).
+    """
     try:
-        with sdpa_kernel([SDPBackend.MATH]):
-            return Attention.forward(attention, hidden_states, *args, **kwargs)
+        before = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        matmul = torch.backends.cuda.matmul
+        chosen = matmul.fp32_precision
+        matmul.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = chosen
+        return
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
     finally:
-        torch.set_float32_matmul_precision(precision)
+        torch.set_float32_matmul_precision(before)

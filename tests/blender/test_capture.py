@@ -203,6 +203,8 @@ def test_eevee_masks_selected_objects_through_cryptomatte(scene, known_scene) ->
     """EEVEE has no Object Index pass: its Cryptomatte pass tells the selected objects apart, so inpainting
     the selection, projection and multi-view texturing work there too (exact away from anti-aliased edges)."""
     scene.render.engine = "BLENDER_EEVEE"
+    known_scene["red"].name = "Cube.215"  # its hash has exponent 0: the pass stores it clamped to 1
+    known_scene["blocker"].name = "Cube.181"  # and this one's 255, clamped to 254
     before = scene_state(scene)
     capture = capture_camera(scene, [known_scene["red"], known_scene["blocker"]])
     labels = label_image()
@@ -218,3 +220,19 @@ def test_eevee_masks_selected_objects_through_cryptomatte(scene, known_scene) ->
     scene.render.engine = "BLENDER_WORKBENCH"  # neither pass: refused, not a wrong mask
     with pytest.raises(ValidationError, match="Cycles or EEVEE"):
         capture_camera(scene, [known_scene["red"]])
+
+
+def test_eevee_finds_its_background_whatever_the_clip_range(scene, known_scene) -> None:
+    """With a clip range of 1e-4 to 1000 EEVEE reads its far plane back as about 683: no depth threshold could
+    tell that from geometry, its Cryptomatte pass can."""
+    scene.render.engine = "BLENDER_EEVEE"
+    scene.camera.data.clip_start, scene.camera.data.clip_end = 1e-4, 1000.0
+    capture = capture_camera(scene)
+    assert np.array_equal(np.isfinite(capture.depth), capture.mask > 0)
+    labels = label_image()
+    padded = np.pad(labels, 1, mode="edge")
+    interior = np.all(
+        [padded[dy : dy + RENDER_HEIGHT, dx : dx + RENDER_WIDTH] == labels for dy in range(3) for dx in range(3)],
+        axis=0,
+    )
+    assert np.array_equal(capture.mask[interior], (labels[interior] > 0).astype(np.float32))

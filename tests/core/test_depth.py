@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sd_core.depth import depth_to_control_image, far_plane_margin, visible_depth_mask
+from sd_core.depth import depth_to_control_image
 from sd_core.errors import ValidationError
 
 
@@ -64,18 +64,3 @@ def test_flat_plane_and_empty_view() -> None:
 def test_bad_input_is_rejected(depth: np.ndarray, options: dict[str, float]) -> None:
     with pytest.raises(ValidationError):
         depth_to_control_image(depth, **options)
-
-
-def test_the_far_clip_plane_is_background_within_the_depth_buffers_rounding() -> None:
-    """EEVEE put the background at 99.9977 and 37.0005 for far clips of 100 and 37 (near 0.1, measured in
-    Blender 5.0): both background, while geometry short of the far plane stays visible."""
-    margin = far_plane_margin(0.1, 100.0, orthographic=False)
-    assert 0.05 < margin < 0.2  # 100² / 0.1 x 2^-20
-    depth = np.array([99.9977, 100.0, 1e10, 99.5, 5.0])
-    assert visible_depth_mask(depth, 100.0 - margin).tolist() == [False, False, False, True, True]
-    assert visible_depth_mask(np.array([37.0005, 36.9]), 37.0 - far_plane_margin(0.1, 37.0, False)).tolist() == [
-        False,
-        True,
-    ]
-    assert far_plane_margin(0.1, 100.0, orthographic=True) < 1e-3  # a linear buffer rounds far less
-    assert far_plane_margin(1e-4, 1e4, orthographic=False) == 100.0  # never more than 1% of the far clip
