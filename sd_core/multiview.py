@@ -41,6 +41,7 @@ from sd_core.projection import (
     CameraModel,
     depth_test,
     dilate,
+    map_in_parallel,
     project_points,
     sample_bilinear,
     texel_surface,
@@ -359,7 +360,9 @@ def texture_views(
     if not views:
         raise ValidationError("No cameras to texture from: add cameras or let the add-on place a ring.")
     started = time.perf_counter()
-    geometry = [[texel_view(surface, view, label) for label, surface in enumerate(surfaces, 1)] for view in views]
+    pairs = [(view, label, surface) for view in views for label, surface in enumerate(surfaces, 1)]
+    seen = map_in_parallel(lambda pair: texel_view(pair[2], pair[0], pair[1]), pairs)  # each view and surface apart
+    geometry = [seen[start : start + len(surfaces)] for start in range(0, len(seen), len(surfaces))]
     states = [_empty_state(surface) for surface in surfaces]
     centre = np.concatenate([surface.points for surface in surfaces]).mean(axis=0)
     timings = {"visibility_s": time.perf_counter() - started, "generate_s": 0.0, "fuse_s": 0.0}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -51,6 +51,7 @@ RASTER_CHUNK_TEXELS = 1 << 22
 PARALLEL_MIN_TEXELS = 1 << 17
 """Texels a thread takes at least: below this, handing a part to another core costs more than it saves."""
 
+Item = TypeVar("Item")
 Part = TypeVar("Part")
 
 
@@ -63,14 +64,14 @@ def in_parallel_parts(work: Callable[[slice], Part], count: int) -> list[Part]:
     """
     parts = max(1, min(_cores(), count // PARALLEL_MIN_TEXELS))
     step = max(1, -(-count // parts))
-    return _in_parallel(
-        work, [slice(start, min(start + step, count)) for start in range(0, count, step)] or [slice(0, 0)]
-    )
+    slices = [slice(start, min(start + step, count)) for start in range(0, count, step)]
+    return map_in_parallel(work, slices or [slice(0, 0)])
 
 
-def _in_parallel(work: Callable[[slice], Part], slices: list[slice]) -> list[Part]:
-    """``work`` on each slice, on the thread pool when there are several; results in order."""
-    return list(_thread_pool().map(work, slices)) if len(slices) > 1 else [work(part) for part in slices]
+def map_in_parallel(work: Callable[[Item], Part], items: Sequence[Item]) -> list[Part]:
+    """``work`` on each item, on the cores' thread pool when there are several; results in order. For array work
+    that releases the GIL (numpy, torch) and never calls into Blender."""
+    return list(_thread_pool().map(work, items)) if len(items) > 1 else [work(item) for item in items]
 
 
 def _cores() -> int:
@@ -337,7 +338,7 @@ def rasterize_uv(uv_triangles: np.ndarray, width: int, height: int) -> TexelSamp
         inside = (weights >= -INSIDE_TOLERANCE).all(axis=1)  # the spans' rounding margin is decided here
         return y[inside].astype(np.int64) * width + x[inside], triangle[inside], weights[inside]
 
-    found = _in_parallel(rasterise, batches)
+    found = map_in_parallel(rasterise, batches)
     if not found:
         return TexelSamples(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)), width, height)
     texel_index, first_found = np.unique(np.concatenate([part[0] for part in found]), return_index=True)

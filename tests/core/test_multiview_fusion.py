@@ -121,3 +121,14 @@ def test_view_direction_hints(views) -> None:
 def test_nothing_to_texture_is_refused(views) -> None:
     with pytest.raises(ValidationError, match="select"):
         texture_views([], views, consistent_generator)
+
+
+def test_visibility_worked_out_in_parallel_gives_the_same_textures(surfaces, views, monkeypatch) -> None:
+    """Each view's and surface's visibility runs on the thread pool; one at a time, the textures are the same."""
+    from sd_core import multiview
+
+    together = texture_views(surfaces, views, inconsistent_generator)
+    monkeypatch.setattr(multiview, "map_in_parallel", lambda work, items: [work(item) for item in items])
+    one_by_one = texture_views(surfaces, views, inconsistent_generator)
+    for ours, theirs in zip(together.textures, one_by_one.textures, strict=True):
+        assert np.array_equal(ours.color, theirs.color) and np.array_equal(ours.seen, theirs.seen)
