@@ -65,16 +65,10 @@ class MeshSurface:
     normals: np.ndarray
 
 
-@dataclass(frozen=True)
-class TexturePNG:
-    """A texture as 8-bit PNG data (its size and pixels), encoded off the main thread; Blender packs it as it is."""
-
-    data: bytes
-
-
-def encode_texture(rgba: np.ndarray) -> TexturePNG:
-    """Any thread (no bpy): top-row-first straight RGBA in [0, 1] as PNG data."""
-    return TexturePNG(png_bytes(rgba))
+def encode_texture(rgba: np.ndarray) -> bytes:
+    """Any thread (no bpy): top-row-first straight RGBA in [0, 1] as 8-bit PNG data, which Blender packs as it
+    is (encoded off the main thread)."""
+    return png_bytes(rgba)
 
 
 @dataclass(frozen=True)
@@ -82,7 +76,7 @@ class Projection:
     """One mesh's projected texture, computed and encoded off the main thread, to be wired in."""
 
     surface: MeshSurface
-    texture: TexturePNG
+    png: bytes
     seen_fraction: float
 
 
@@ -153,8 +147,8 @@ def project_textures(
         )
         seen = projected.weight > min_facing
         island_texels = max(int(projected.islands.sum()), 1)
-        texture = encode_texture(projected.rgba(min_facing=min_facing, padding=padding))
-        projections.append(Projection(surface, texture, float(seen.sum()) / island_texels))
+        png = encode_texture(projected.rgba(min_facing=min_facing, padding=padding))
+        projections.append(Projection(surface, png, float(seen.sum()) / island_texels))
     return projections
 
 
@@ -167,7 +161,7 @@ def wire_projections(projections: list[Projection]) -> list[ProjectedTexture]:
         if obj is None or obj.type != "MESH":
             continue
         uv_map = projection.surface.uv_map
-        texture, materials = wire_texture(obj, projection.texture, uv_map)
+        texture, materials = wire_texture(obj, projection.png, uv_map)
         results.append(ProjectedTexture(obj.name, texture, uv_map, materials, projection.seen_fraction))
     return results
 
@@ -180,11 +174,11 @@ def mesh_corners(obj: bpy.types.Object) -> tuple[str, np.ndarray, np.ndarray, np
 
 
 def wire_texture(
-    obj: bpy.types.Object, texture: TexturePNG, uv_map: str, name: str = NODE_LABEL
+    obj: bpy.types.Object, png: bytes, uv_map: str, name: str = NODE_LABEL
 ) -> tuple[bpy.types.Image, tuple[str, ...]]:
-    """Pack ``texture`` as a new image ``"<object> <name>"`` and layer it (by its alpha) over the object's
-    materials in ``uv_map``; returns the image and the materials now using it."""
-    image = _new_image(f"{obj.name} {name}", texture)
+    """Pack ``png`` (``encode_texture``'s) as a new image ``"<object> <name>"`` and layer it (by its alpha) over
+    the object's materials in ``uv_map``; returns the image and the materials now using it."""
+    image = _new_image(f"{obj.name} {name}", png)
     return image, _layer_over_materials(obj, image, uv_map)
 
 
@@ -267,11 +261,11 @@ def _corner_data(obj: bpy.types.Object, uv_map: str) -> tuple[np.ndarray, np.nda
     return uvs.reshape(-1, 3, 2), positions.reshape(-1, 3, 3), normals.reshape(-1, 3, 3)
 
 
-def _new_image(name: str, texture: TexturePNG) -> bpy.types.Image:
+def _new_image(name: str, png: bytes) -> bpy.types.Image:
     """A new image packed from the PNG data (so it survives saving the .blend); Blender decodes it when first
     shown, and nothing is encoded here on the main thread."""
     image = bpy.data.images.new(name, width=1, height=1, alpha=True)  # its size comes from the PNG
-    image.pack(data=texture.data, data_len=len(texture.data))
+    image.pack(data=png, data_len=len(png))
     image.source = "FILE"
     image.filepath_raw = f"//textures/{bpy.path.clean_name(image.name)}.png"  # where "Unpack" would write it
     image.alpha_mode = "STRAIGHT"

@@ -8,7 +8,6 @@ differs (a timer polling the job runner, or a blocking wait).
 from __future__ import annotations
 
 import functools
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,12 +56,12 @@ class Plan:
 
     request: GenerationRequest
     scene_name: str
+    # Where the worker writes the result PNGs: the settings' folder, resolved now (it may be relative to the .blend).
+    output_folder: Path
     camera_capture: Any = None
     # Meshes to project the result onto, read from Blender now; the projecting itself runs on the worker.
     surfaces: list[Any] = field(default_factory=list)
     bake_resolution: int = 1024
-    # Where the worker writes the result PNGs: the settings' folder, resolved now (it may be relative to the .blend).
-    output_folder: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "sd_output")
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ def plan_generation(context: bpy.types.Context) -> Plan:
 
         surfaces = bake.read_surfaces(objects)
     return Plan(
-        request, scene.name, camera_capture, surfaces, settings.bake_resolution, writeback.output_folder(settings)
+        request, scene.name, writeback.output_folder(settings), camera_capture, surfaces, settings.bake_resolution
     )
 
 

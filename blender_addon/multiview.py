@@ -222,13 +222,13 @@ def run_multiview(
     return texture_views(plan.surfaces, plan.views, generate, on_view=on_view)
 
 
-def encode_textures(result: MultiViewResult) -> list[bake.TexturePNG]:
+def encode_textures(result: MultiViewResult) -> list[bytes]:
     """Any thread (no bpy): each fused texture as PNG data, so that ``apply_multiview`` only packs it."""
     return [bake.encode_texture(texture.rgba()) for texture in result.textures]
 
 
 def apply_multiview(
-    plan: MultiviewPlan, result: MultiViewResult, encoded: list[bake.TexturePNG] | None = None
+    plan: MultiviewPlan, result: MultiViewResult, encoded: list[bytes] | None = None
 ) -> list[MultiviewTexture]:
     """Main thread: wire each object's texture (``encoded`` on the worker, or now) into its materials and show
     every view as a Blender image."""
@@ -355,7 +355,7 @@ class SD_OT_multiview_texture(bpy.types.Operator):
         }
         job_runner = generation.runner(get_preferences(context).engine_settings())
 
-        def texture_all_views(engine: Engine, job: Job) -> tuple[MultiViewResult, list[bake.TexturePNG]]:
+        def texture_all_views(engine: Engine, job: Job) -> tuple[MultiViewResult, list[bytes]]:
             generate = engine_generator(engine, should_cancel=job.should_cancel, **generation_settings)
             on_view = lambda index, total: job_runner.report(job, Progress(index + 1, total, 0))  # noqa: E731
             result = run_multiview(plan, generate, on_view=on_view)
