@@ -140,10 +140,12 @@ SEED = 1234
 # Low-VRAM budgets from the issue: what a 4 GiB card holds for SD1.5 + ControlNet, an 8 GiB card for SDXL.
 LOW_VRAM_CAP_GIB = {"sd1": 4.0, "sdxl": 8.0}
 # The ablations of the graph path: graphs without its layout changes (fused QKV, channels-last, and with them the
-# Triton kernels), and everything but the Triton kernels (PyTorch's group_norm and GEGLU on channels-last tensors).
+# Triton kernels), everything but the Triton kernels (PyTorch's group_norm and GEGLU on channels-last tensors), and
+# everything but the ControlNet's work alongside the UNet's in one graph (each network's graph in turn).
 ABLATIONS = {
     "sd_core_graphs_only": {"fuse_qkv": False, "channels_last": False},
     "sd_core_no_triton_kernels": {"triton_kernels": False},
+    "sd_core_controlnet_in_turn": {"controlnet_alongside": False},
 }
 
 

@@ -33,8 +33,9 @@ in one vectorised pass (sd_core/channel_bias.py), and nearest-neighbour upsampli
 with graphs alone, 13.5 ms with fused QKV and channels-last, 8.7 ms with everything (fifth session). And a
 ControlNet embeds its conditioning image once per generation, not every step (sd_core/controlnet_condition.py),
 in a graph of its own, and where it serves one control hands its residuals to the UNet's graph in place
-(``_installed``). Autotuned cuDNN convolutions with cuDNN attention first were
-measured too and gained nothing. benchmarks/README.md has the numbers.
+(``_installed``), and runs inside the UNet's graph, on a branch beside the UNet's down blocks (``_capture``):
+SD1.5 + ControlNet 150.4 -> 141.9 ms a request (seventh session). Autotuned cuDNN convolutions with cuDNN
+attention first were measured too and gained nothing. benchmarks/README.md has the numbers.
 
 Mode "compile" adds kernel fusion: with graphs the step is GPU-bound, so the remaining time is in the
 kernels themselves (many small element-wise kernels around the convolutions and matrix products).
@@ -178,30 +179,48 @@ class _CapturedGraph:
     static_outputs: list[Any]
     output_spec: TreeSpec
     weights_at: int  # data pointer of the module's first parameter when captured
+    rerun: Callable[[], Any]  # the recorded call run eagerly on the static inputs: how another capture records it
+    # A UNet graph's ControlNet graph, whose work this graph does alongside the UNet's (``_capture``)
+    alongside: _CapturedGraph | None = None
 
-    def replay(self, tensors: list[torch.Tensor], clone_outputs: bool = True) -> Any:
-        """Run the graph on ``tensors``; its outputs cloned, or (``clone_outputs=False``) its own buffers, which
-        the next replay overwrites. An input that is its static buffer already (another graph's output handed
-        over: ``CudaGraphAccelerator._output_buffers``) is not copied."""
+    def load(self, tensors: list[torch.Tensor]) -> None:
+        """Copy ``tensors`` into the static inputs. An input that is its static buffer already (another graph's
+        output handed over: ``CudaGraphAccelerator._output_buffers``) is not copied."""
         moved = [
             (static, tensor) for static, tensor in zip(self.static_inputs, tensors, strict=True) if static is not tensor
         ]
         if moved:
             torch._foreach_copy_([static for static, _ in moved], [tensor for _, tensor in moved])
-        self.graph.replay()
-        if not clone_outputs:
+
+    def outputs(self, cloned: bool = True) -> Any:
+        """The outputs of the last replay: cloned, or (``cloned=False``) the graph's own buffers, which the next
+        replay overwrites."""
+        if not cloned:
             return tree_unflatten(self.static_outputs, self.output_spec)
         outputs = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in self.static_outputs]
         return tree_unflatten(outputs, self.output_spec)
+
+    def replay(self, tensors: list[torch.Tensor], clone_outputs: bool = True) -> Any:
+        """Run the graph on ``tensors``; its outputs cloned or its own buffers (``outputs``)."""
+        self.load(tensors)
+        self.graph.replay()
+        return self.outputs(clone_outputs)
 
 
 class CudaGraphAccelerator:
     """Captures and replays CUDA graphs of the denoising networks, keyed by everything that shapes a call."""
 
-    def __init__(self, fuse_qkv: bool = True, channels_last: bool = True, triton_kernels: bool = True) -> None:
+    def __init__(
+        self,
+        fuse_qkv: bool = True,
+        channels_last: bool = True,
+        triton_kernels: bool = True,
+        controlnet_alongside: bool = True,
+    ) -> None:
         self.fuse_qkv = fuse_qkv
         self.channels_last = channels_last
         self.triton_kernels = triton_kernels
+        self.controlnet_alongside = controlnet_alongside
         self._graphs: dict[tuple[Hashable, ...], _CapturedGraph | None] = {}
         self._pool: Any = None
         self._reservations: list[torch.cuda.CUDAGraph] = []  # graphs that hold the pool's reserved blocks
@@ -209,11 +228,15 @@ class CudaGraphAccelerator:
         # One stream for every warm-up and capture: PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) per
         # stream a matrix product ran on, so a fresh stream per capture kept one more each time.
         self._stream: torch.cuda.Stream | None = None
-        self._threads_set_up: set[int] = set()  # threads whose cuBLAS workspace on that stream exists
+        self._branch: torch.cuda.Stream | None = None  # where a ControlNet's work forks off in a capture
+        self._threads_set_up: set[int] = set()  # threads whose cuBLAS workspaces on those streams exist
         self._prepared: set[int] = set()
         # Every live graph's output buffers, by id (recorded at capture; held so that no other tensor takes their
         # ids): an input that is one of them was handed over uncloned, and a capture reads it where it lies.
         self._output_buffers: dict[int, torch.Tensor] = {}
+        # A ControlNet graph whose inputs are loaded and whose outputs were handed out, not yet replayed: the UNet
+        # call that takes them runs it alongside its own work (``_call``), anything else runs it first.
+        self._deferred: _CapturedGraph | None = None
 
     @contextmanager
     def active(self, pipe: Any, variant: Hashable, image_pixels: int = 0) -> Iterator[None]:
@@ -227,6 +250,7 @@ class CudaGraphAccelerator:
             self._reserve(pipe.vae, image_pixels)
         controlnets = controlnet_members(pipe)
         with ExitStack() as stack:
+            stack.callback(self._forget_deferred)
             for module in graphable_modules(pipe):
                 self._prepare(module)
                 # Only a pipeline's one ControlNet: a multi-ControlNet keeps its first member's outputs while the
@@ -240,6 +264,10 @@ class CudaGraphAccelerator:
     def reset(self) -> None:
         self._drop_graphs()
         self._prepared.clear()
+
+    def _forget_deferred(self) -> None:
+        """A generation ended (or failed) between a ControlNet call and the UNet's: nobody reads those outputs."""
+        self._deferred = None
 
     def _drop_graphs(self) -> None:
         self._graphs.clear()
@@ -287,13 +315,21 @@ class CudaGraphAccelerator:
         self._reserved_bytes = wanted
 
     def _capture_stream(self) -> torch.cuda.Stream:
-        if self._stream is None:
-            self._stream = torch.cuda.Stream()
-        # cuBLAS handles are per thread, and so are their workspaces on this stream: set up in each capturing one
+        self._set_up_streams()
+        return self._stream  # type: ignore[return-value]
+
+    def _branch_stream(self) -> torch.cuda.Stream:
+        self._set_up_streams()
+        return self._branch  # type: ignore[return-value]
+
+    def _set_up_streams(self) -> None:
+        if self._stream is None or self._branch is None:
+            self._stream, self._branch = torch.cuda.Stream(), torch.cuda.Stream()
+        # cuBLAS handles are per thread, and so are their workspaces on these streams: set up in each capturing one
         if threading.get_ident() not in self._threads_set_up:
             _set_up_matrix_products(self._stream)
+            _set_up_matrix_products(self._branch)
             self._threads_set_up.add(threading.get_ident())
-        return self._stream
 
     def _prepare(self, module: torch.nn.Module) -> None:
         """One-time layout changes that make the captured kernels themselves faster."""
@@ -336,6 +372,8 @@ class CudaGraphAccelerator:
         instead of clones, and a graph given them as inputs (the UNet's) reads them where they are: about 54 MB
         of copies a step fewer for SD1.5 + ControlNet at 512², 13 launches fewer. Graphs share one memory pool,
         so a replay may overwrite what another graph returned: hence never while something else runs between.
+        Unless in guess mode, those buffers are even handed out before they are filled: the UNet's graph
+        computes them alongside its own work (``_call``).
         """
         had_own = "forward" in module.__dict__
         previous = module.__dict__.get("forward")
@@ -371,50 +409,87 @@ class CudaGraphAccelerator:
     ) -> Any:
         leaves, spec = tree_flatten((args, kwargs))
         layout = call_key(leaves, spec)
-        if layout is None or torch.is_grad_enabled():
+        replayable = layout is not None and not torch.is_grad_enabled()
+        deferred, self._deferred = self._deferred, None
+        alongside = deferred if replayable and deferred is not None and _takes_outputs_of(leaves, deferred) else None
+        if alongside is not None and _controlnet_join(module) is None:
+            alongside = None
+        if deferred is not None and alongside is None:
+            deferred.graph.replay()  # whatever runs next reads its outputs
+        if not replayable:
             return eager(*args, **kwargs)
-        key = (id(module), variant, *layout)
+        key = (id(module), variant, *layout, *(() if alongside is None else ("alongside", id(alongside))))
         captured = self._graphs.get(key)
-        stale = captured is not None and captured.weights_at != _weights_address(module)
+        stale = captured is not None and (
+            captured.weights_at != _weights_address(module) or captured.alongside is not alongside
+        )
         if key not in self._graphs or stale:
             if stale:
-                log.warning("Weights of %s moved since capture: capturing again.", type(module).__name__)
+                log.warning(
+                    "%s changed since capture (weights or ControlNet graph): capturing again.", type(module).__name__
+                )
                 for leaf in captured.static_outputs:  # type: ignore[union-attr]
                     self._output_buffers.pop(id(leaf), None)
             if len(self._graphs) >= _MAX_GRAPHS:
                 self._drop_graphs()
-            captured = self._graphs[key] = self._capture(module, eager, leaves, spec)
+            captured = self._graphs[key] = self._capture(module, eager, leaves, spec, alongside)
             if captured is not None:
                 buffers = (leaf for leaf in captured.static_outputs if isinstance(leaf, torch.Tensor))
                 self._output_buffers.update((id(leaf), leaf) for leaf in buffers)
         if captured is None:
+            if alongside is not None:
+                alongside.graph.replay()
             return eager(*args, **kwargs)
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+        if hands_over and self.controlnet_alongside and not kwargs.get("guess_mode"):
+            # Deferred: in guess mode the pipeline reads the residuals itself (it pads them for the unconditional
+            # half); otherwise they go straight into the UNet, whose graph then does this work alongside its own.
+            captured.load(tensors)
+            self._deferred = captured
+            return captured.outputs(cloned=False)
         return captured.replay(tensors, clone_outputs=not hands_over)
 
     def _capture(
-        self, module: torch.nn.Module, eager: Callable[..., Any], leaves: list[Any], spec: TreeSpec
+        self,
+        module: torch.nn.Module,
+        eager: Callable[..., Any],
+        leaves: list[Any],
+        spec: TreeSpec,
+        alongside: _CapturedGraph | None = None,
     ) -> _CapturedGraph | None:
-        """Warm up, record one call into the shared pool; None (run eagerly from now on) if it cannot be recorded."""
+        """Warm up, record one call into the shared pool; None (run eagerly from now on) if it cannot be recorded.
+
+        ``alongside``: a ControlNet graph whose outputs this call (the UNet's) takes. The recording then forks:
+        the ControlNet's call runs on a branch stream and writes into that graph's output buffers while the
+        UNet runs its down blocks, which do not read them; the UNet waits for the branch where it first adds
+        the residuals (``_controlnet_join``). Neither network alone fills an H100 at SD1.5's sizes, so the two
+        together take less time than one after the other (a step 8.65 -> 7.86 ms, benchmarks/README.md).
+        Graph nodes of the two branches are ordered exactly as the eager calls' kernels, so the result is
+        the same. Captured on the one stream the other graphs use: the allocator gives each stream's
+        activations their own blocks, so the branches never share memory.
+        """
         # Another graph's output buffers given as inputs are read where they lie (``_installed``'s hands_over).
         static_leaves = [
             leaf.clone() if isinstance(leaf, torch.Tensor) and self._output_buffers.get(id(leaf)) is not leaf else leaf
             for leaf in leaves
         ]
         static_args, static_kwargs = tree_unflatten(static_leaves, spec)
+        call = functools.partial(eager, *static_args, **static_kwargs)
+        if alongside is not None:
+            call = functools.partial(_with_controlnet_alongside, module, call, alongside, self._branch_stream())
         try:
             side = self._capture_stream()
             side.wait_stream(torch.cuda.current_stream())
             device = next(module.parameters()).device
             with torch.cuda.stream(side), _allocating_in(self._pool, device) as in_pool:
                 for _ in range(_WARMUP_CALLS):
-                    eager(*static_args, **static_kwargs)
+                    call()
             torch.cuda.current_stream().wait_stream(side)
             if not in_pool:  # the warm-up's activations would otherwise stay cached beside the graph's own pool
                 torch.cuda.empty_cache()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, stream=side):
-                outputs = eager(*static_args, **static_kwargs)
+                outputs = call()
         except RuntimeError as error:  # e.g. a host sync inside the module: not capturable
             log.warning("CUDA graph capture of %s failed, running it eagerly: %s", type(module).__name__, error)
             torch.cuda.synchronize()
@@ -422,7 +497,47 @@ class CudaGraphAccelerator:
         self._pool = graph.pool()
         output_leaves, output_spec = tree_flatten(outputs)
         static_inputs = [leaf for leaf in static_leaves if isinstance(leaf, torch.Tensor)]
-        return _CapturedGraph(graph, static_inputs, output_leaves, output_spec, _weights_address(module))
+        return _CapturedGraph(
+            graph, static_inputs, output_leaves, output_spec, _weights_address(module), call, alongside
+        )
+
+
+def _with_controlnet_alongside(
+    unet: torch.nn.Module, call: Callable[[], Any], controlnet: _CapturedGraph, branch: torch.cuda.Stream
+) -> Any:
+    """``call`` (the UNet's) while ``controlnet``'s recorded call runs on ``branch`` into its output buffers, which
+    ``call`` reads from where it first needs them on (``CudaGraphAccelerator._capture``)."""
+    done = torch.cuda.Event()
+    branch.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(branch):
+        results = [leaf for leaf in tree_flatten(controlnet.rerun())[0] if isinstance(leaf, torch.Tensor)]
+        torch._foreach_copy_([leaf for leaf in controlnet.static_outputs if isinstance(leaf, torch.Tensor)], results)
+        done.record()
+    join = _controlnet_join(unet)
+    assert join is not None  # _call pairs only UNets that have one
+    waiting = join.register_forward_hook(lambda *_: torch.cuda.current_stream().wait_event(done))
+    try:
+        outputs = call()
+    finally:
+        waiting.remove()
+    torch.cuda.current_stream().wait_stream(branch)
+    return outputs
+
+
+def _controlnet_join(unet: torch.nn.Module) -> torch.nn.Module | None:
+    """The layer after which a diffusers UNet first reads a ControlNet's residuals: its last down block (the
+    residuals are added to the down blocks' outputs before the mid block). None for other networks."""
+    blocks = getattr(unet, "down_blocks", None)
+    if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0 or not hasattr(unet, "mid_block"):
+        return None
+    return blocks[-1]
+
+
+def _takes_outputs_of(leaves: list[Any], graph: _CapturedGraph) -> bool:
+    """Whether a call's arguments hold every tensor output of ``graph`` itself (handed over uncloned)."""
+    given = {id(leaf) for leaf in leaves if isinstance(leaf, torch.Tensor)}
+    outputs = [id(leaf) for leaf in graph.static_outputs if isinstance(leaf, torch.Tensor)]
+    return bool(outputs) and given.issuperset(outputs)
 
 
 class CompiledGraphAccelerator(CudaGraphAccelerator):

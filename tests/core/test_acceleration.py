@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from sd_core import CancelledError, ControlSpec, EngineSettings, GenerationRequest, ValidationError
 from sd_core.acceleration import (
@@ -135,7 +135,8 @@ class DoublingGraph:
 def doubling_graph(static_input: torch.Tensor | None = None) -> _CapturedGraph:
     static_input, static_output = torch.zeros(3) if static_input is None else static_input, torch.zeros(3)
     outputs, spec = tree_flatten((static_output,))
-    return _CapturedGraph(DoublingGraph(static_input, static_output), [static_input], outputs, spec, 0)
+    graph = DoublingGraph(static_input, static_output)
+    return _CapturedGraph(graph, [static_input], outputs, spec, 0, rerun=lambda: static_input * 2)
 
 
 def test_handed_over_outputs_are_the_graphs_buffers_and_are_read_where_they_lie(monkeypatch):
@@ -153,6 +154,128 @@ def test_handed_over_outputs_are_the_graphs_buffers_and_are_read_where_they_lie(
     assert copies == [] and torch.equal(result, torch.full((3,), 12.0))
     (result,) = unet.replay([torch.ones(3)])  # another tensor (an eager ControlNet's) is copied in as usual
     assert copies == [1] and torch.equal(result, torch.full((3,), 2.0))
+
+
+class TinyControlNetForSteps(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, sample, guess_mode=False):
+        return [sample * self.scale, sample + self.scale], sample - self.scale
+
+
+class TinyUNetForSteps(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down_blocks = torch.nn.ModuleList([torch.nn.Linear(3, 3)])
+        self.mid_block = torch.nn.Identity()
+
+    def forward(self, sample, down_block_additional_residuals=(), mid_block_additional_residual=None):
+        down = self.down_blocks[0](sample)
+        return down + sum(down_block_additional_residuals) + mid_block_additional_residual
+
+
+class ReplayLog:
+    """Stands in for CUDA graph capture on the CPU: a "graph" reruns its recorded call into its output buffers
+    and notes its name; a UNet graph recorded with a ControlNet alongside first does that ControlNet's work."""
+
+    def __init__(self, monkeypatch, accelerator: CudaGraphAccelerator) -> None:
+        self.replays: list[str] = []
+        self.captures: list[tuple[str, str | None]] = []
+        self.names: dict[int, str] = {}
+        self.accelerator = accelerator
+        cpu_key = lambda leaves, spec: (str(spec), *(tuple(x.shape) if torch.is_tensor(x) else x for x in leaves))  # noqa: E731
+        monkeypatch.setattr("sd_core.acceleration.call_key", cpu_key)
+        monkeypatch.setattr(accelerator, "_capture", self.capture)
+
+    def capture(self, module, eager, leaves, spec, alongside=None):
+        name = type(module).__name__
+        self.captures.append((name, None if alongside is None else self.names[id(alongside.graph)]))
+        handed = self.accelerator._output_buffers  # read where they lie, as _capture does
+        static_leaves = [
+            leaf.clone() if torch.is_tensor(leaf) and handed.get(id(leaf)) is not leaf else leaf for leaf in leaves
+        ]
+        static_args, static_kwargs = tree_unflatten(static_leaves, spec)
+
+        def call():
+            if alongside is not None:
+                results = [leaf for leaf in tree_flatten(alongside.rerun())[0] if torch.is_tensor(leaf)]
+                torch._foreach_copy_([leaf for leaf in alongside.static_outputs if torch.is_tensor(leaf)], results)
+            return eager(*static_args, **static_kwargs)
+
+        outputs, output_spec = tree_flatten(call())
+        graph = SimpleNamespace(replay=lambda: self._replay(name, call, outputs))
+        self.names[id(graph)] = name
+        static_inputs = [leaf for leaf in static_leaves if torch.is_tensor(leaf)]
+        weights_at = next(module.parameters()).data_ptr()
+        return _CapturedGraph(graph, static_inputs, outputs, output_spec, weights_at, call, alongside)
+
+    def _replay(self, name, call, outputs) -> None:
+        self.replays.append(name)
+        for buffer, result in zip(outputs, tree_flatten(call())[0], strict=True):
+            buffer.copy_(result)
+
+
+@torch.no_grad()
+def test_a_controlnet_runs_inside_the_unet_graph_that_takes_its_outputs(monkeypatch):
+    """One step, two networks: the ControlNet's graph is not replayed on its own where the UNet takes its
+    residuals as they are; the UNet's graph, recorded with the ControlNet's work alongside, does both, with
+    the same result as the two in turn. Anything else that reads them gets the ControlNet replayed first."""
+    torch.manual_seed(0)
+    controlnet, unet = TinyControlNetForSteps(), TinyUNetForSteps()
+
+    def step(sample, guess_mode=False):
+        down, mid = controlnet(sample, guess_mode=guess_mode)
+        return unet(sample, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+    samples = [torch.randn(3) for _ in range(3)]
+    expected = [step(sample) for sample in samples]
+    accelerator = CudaGraphAccelerator()
+    log = ReplayLog(monkeypatch, accelerator)
+    with accelerator._installed(controlnet, "v", hands_over=True), accelerator._installed(unet, "v"):
+        for sample, wanted in zip(samples, expected, strict=True):
+            torch.testing.assert_close(step(sample), wanted)
+        assert log.captures == [("TinyControlNetForSteps", None), ("TinyUNetForSteps", "TinyControlNetForSteps")]
+        assert log.replays == ["TinyUNetForSteps"] * 3  # the ControlNet's graph never on its own
+        log.replays.clear()
+        torch.testing.assert_close(step(samples[0], guess_mode=True), expected[0])  # the pipeline pads them itself
+        assert log.replays == ["TinyControlNetForSteps", "TinyUNetForSteps"]
+        log.replays.clear()
+        down, mid = controlnet(samples[1])
+        assert log.replays == []  # deferred: its buffers are handed out before they are filled
+        torch.testing.assert_close(unet(samples[1], [d.clone() for d in down], mid), expected[1])
+        assert log.replays == ["TinyControlNetForSteps", "TinyUNetForSteps"]  # not its buffers: replayed first
+    accelerator = CudaGraphAccelerator(controlnet_alongside=False)  # the benchmark's ablation
+    log = ReplayLog(monkeypatch, accelerator)
+    with accelerator._installed(controlnet, "v", hands_over=True), accelerator._installed(unet, "v"):
+        torch.testing.assert_close(step(samples[2]), expected[2])
+    assert log.replays == ["TinyControlNetForSteps", "TinyUNetForSteps"]
+    assert log.captures == [("TinyControlNetForSteps", None), ("TinyUNetForSteps", None)]
+
+
+@torch.no_grad()
+def test_a_deferred_controlnet_runs_before_a_failed_capture_and_is_forgotten_after_a_generation(monkeypatch):
+    controlnet, unet = TinyControlNetForSteps(), TinyUNetForSteps()
+    sample = torch.randn(3)
+    down, mid = controlnet(sample)
+    expected = unet(sample, down, mid)
+    accelerator = CudaGraphAccelerator()
+    log = ReplayLog(monkeypatch, accelerator)
+    capture = log.capture
+    monkeypatch.setattr(
+        accelerator, "_capture", lambda module, *rest: None if module is unet else capture(module, *rest)
+    )
+    with accelerator._installed(controlnet, "v", hands_over=True), accelerator._installed(unet, "v"):
+        down, mid = controlnet(sample)
+        torch.testing.assert_close(unet(sample, down, mid), expected)  # the UNet eager, on the replayed outputs
+    assert log.replays == ["TinyControlNetForSteps"]
+    pipe = SimpleNamespace(unet=unet, controlnet=controlnet, vae=None)
+    monkeypatch.setattr(accelerator, "_prepare", lambda module: None)
+    with accelerator.active(pipe, variant="v"):
+        controlnet(sample)  # a generation that stops between the two calls
+        assert accelerator._deferred is not None
+    assert accelerator._deferred is None
 
 
 def test_only_a_pipelines_one_controlnet_hands_its_outputs_over(monkeypatch):
