@@ -66,7 +66,11 @@ import torch
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from sd_core.channel_bias import use_fused_convolution_biases
-from sd_core.channels_last import keep_transformer_outputs_channels_last, use_matmuls_for_pointwise_convolutions
+from sd_core.channels_last import (
+    convert_weights_to_channels_last,
+    keep_transformer_outputs_channels_last,
+    use_matmuls_for_pointwise_convolutions,
+)
 from sd_core.controlnet_condition import ConditionEmbeddings, embeds_once, forward_with_embedded_condition
 from sd_core.errors import ValidationError
 from sd_core.geglu import use_fused_geglu
@@ -229,7 +233,7 @@ class CudaGraphAccelerator:
         # stream a matrix product ran on, so a fresh stream per capture kept one more each time.
         self._stream: torch.cuda.Stream | None = None
         self._branch: torch.cuda.Stream | None = None  # where a ControlNet's work forks off in a capture
-        self._threads_set_up: set[int] = set()  # threads whose cuBLAS workspaces on those streams exist
+        self._set_up_streams: set[tuple[int, torch.cuda.Stream]] = set()  # (thread, stream) with a cuBLAS workspace
         self._prepared: set[int] = set()
         # Every live graph's output buffers, by id (recorded at capture; held so that no other tensor takes their
         # ids): an input that is one of them was handed over uncloned, and a capture reads it where it lies.
@@ -246,13 +250,16 @@ class CudaGraphAccelerator:
         so graphs recorded under one variant are never replayed under another. ``image_pixels`` sizes the
         memory reserved for the graphs (``_reserve``).
         """
+        modules = graphable_modules(pipe)
+        prepared_now = [self._prepare(module) for module in modules]  # every one: no short circuit
+        if any(prepared_now) and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the layout changes freed, before the graphs' memory is set aside
         if image_pixels and _vae_stays_put(pipe):
             self._reserve(pipe.vae, image_pixels)
         controlnets = controlnet_members(pipe)
         with ExitStack() as stack:
             stack.callback(self._forget_deferred)
-            for module in graphable_modules(pipe):
-                self._prepare(module)
+            for module in modules:
                 # Only a pipeline's one ControlNet: a multi-ControlNet keeps its first member's outputs while the
                 # others replay, and a graph captured earlier may replay over memory a later one returns.
                 hands_over = controlnets == [module]
@@ -315,32 +322,31 @@ class CudaGraphAccelerator:
         self._reserved_bytes = wanted
 
     def _capture_stream(self) -> torch.cuda.Stream:
-        self._set_up_streams()
-        return self._stream  # type: ignore[return-value]
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        return self._set_up(self._stream)
 
     def _branch_stream(self) -> torch.cuda.Stream:
-        self._set_up_streams()
-        return self._branch  # type: ignore[return-value]
+        if self._branch is None:
+            self._branch = torch.cuda.Stream()
+        return self._set_up(self._branch)
 
-    def _set_up_streams(self) -> None:
-        if self._stream is None or self._branch is None:
-            self._stream, self._branch = torch.cuda.Stream(), torch.cuda.Stream()
-        # cuBLAS handles are per thread, and so are their workspaces on these streams: set up in each capturing one
-        if threading.get_ident() not in self._threads_set_up:
-            _set_up_matrix_products(self._stream)
-            _set_up_matrix_products(self._branch)
-            self._threads_set_up.add(threading.get_ident())
+    def _set_up(self, stream: torch.cuda.Stream) -> torch.cuda.Stream:
+        # cuBLAS handles are per thread, and so are their workspaces on a stream: set up in each capturing one
+        if (threading.get_ident(), stream) not in self._set_up_streams:
+            _set_up_matrix_products(stream)
+            self._set_up_streams.add((threading.get_ident(), stream))
+        return stream
 
-    def _prepare(self, module: torch.nn.Module) -> None:
-        """One-time layout changes that make the captured kernels themselves faster."""
+    def _prepare(self, module: torch.nn.Module) -> bool:
+        """One-time layout changes that make the captured kernels themselves faster; whether it made them now."""
         if id(module) in self._prepared:
-            return
+            return False
         use_tf32_attention_in_float32_vae(module)
         if self.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
-            module.fuse_qkv_projections()
-            share_fused_projection_storage(module)
+            fuse_projections_sharing_storage(module)
         if self.channels_last and _has_convolutions(module):
-            module.to(memory_format=torch.channels_last)
+            convert_weights_to_channels_last(module)
             keep_transformer_outputs_channels_last(module)
             use_matmuls_for_pointwise_convolutions(module)
             if self._uses_triton_kernels(module):
@@ -351,6 +357,7 @@ class CudaGraphAccelerator:
                 use_fused_geglu(module)
                 use_triton_upsampling(module)
         self._prepared.add(id(module))
+        return True
 
     def _uses_triton_kernels(self, module: torch.nn.Module) -> bool:
         """Whether the module's GroupNorms and GEGLUs run sd_core's Triton kernels (group_norm.py, geglu.py)."""
@@ -698,32 +705,54 @@ def _vae_stays_put(pipe: Any) -> bool:
     return not recasts_vae(pipe)
 
 
-def share_fused_projection_storage(module: torch.nn.Module) -> int:
-    """Make each attention's separate q/k/v weights views into the fused ones made from them; returns how many.
+def fuse_projections_sharing_storage(module: torch.nn.Module) -> int:
+    """``module.fuse_qkv_projections()``, with each attention's separate q/k/v weights made views into its fused
+    ones as soon as that attention is fused; returns how many attentions share.
 
-    diffusers' ``fuse_qkv_projections`` copies them into a new fused layer and keeps the originals (to unfuse),
-    which the fused attention never reads: every projection was held twice, 0.15 GiB for SD1.5 + ControlNet
-    and 1.4 GiB for SDXL + ControlNet (H100 memory snapshot). Same values, one copy.
+    diffusers copies q, k and v into a new fused layer and keeps the originals (to unfuse), which the fused
+    attention never reads: every projection was held twice, 0.15 GiB for SD1.5 + ControlNet and 1.4 GiB for
+    SDXL + ControlNet (H100 memory snapshot). As views: same values, one copy. Freed one attention at a time,
+    the originals' space takes the next fused layer of the same width; freed all at the end, it stayed
+    reserved as holes between other weights.
     """
     shared = 0
+    originals: dict[torch.nn.Module, Callable[..., Any]] = {}
+
+    def fuse_then_share(attention: torch.nn.Module, **kwargs: Any) -> None:
+        nonlocal shared
+        originals[attention](**kwargs)
+        shared += _share_projection_storage(attention)
+
     for attention in module.modules():
-        if not getattr(attention, "fused_projections", False):
-            continue
-        if hasattr(attention, "to_qkv"):
-            fused, parts = attention.to_qkv, (attention.to_q, attention.to_k, attention.to_v)
-        elif hasattr(attention, "to_kv"):
-            fused, parts = attention.to_kv, (attention.to_k, attention.to_v)
-        else:
-            continue
-        start = 0
-        for layer in parts:
-            rows = layer.weight.shape[0]
-            layer.weight.data = fused.weight.data[start : start + rows]
-            if layer.bias is not None and fused.bias is not None:
-                layer.bias.data = fused.bias.data[start : start + rows]
-            start += rows
-        shared += 1
+        if callable(getattr(attention, "fuse_projections", None)):
+            originals[attention] = attention.fuse_projections
+            attention.fuse_projections = functools.partial(fuse_then_share, attention)  # type: ignore[method-assign]
+    try:
+        module.fuse_qkv_projections()  # type: ignore[operator]
+    finally:
+        for attention in originals:
+            del attention.fuse_projections
     return shared
+
+
+def _share_projection_storage(attention: torch.nn.Module) -> bool:
+    """Make a fused attention's q/k/v (or, for cross-attention, k/v) weights views into its fused layer's."""
+    if not getattr(attention, "fused_projections", False):
+        return False
+    if hasattr(attention, "to_qkv"):
+        fused, parts = attention.to_qkv, (attention.to_q, attention.to_k, attention.to_v)
+    elif hasattr(attention, "to_kv"):
+        fused, parts = attention.to_kv, (attention.to_k, attention.to_v)
+    else:
+        return False
+    start = 0
+    for layer in parts:
+        rows = layer.weight.shape[0]
+        layer.weight.data = fused.weight.data[start : start + rows]
+        if layer.bias is not None and fused.bias is not None:
+            layer.bias.data = fused.bias.data[start : start + rows]
+        start += rows
+    return True
 
 
 def _is_denoiser(module: torch.nn.Module) -> bool:

@@ -1,4 +1,5 @@
-"""Keep activations channels-last through diffusers' transformer blocks, and run 1x1 convolutions as matmuls.
+"""Weights and activations channels-last: the weights converted in place, activations kept channels-last through
+diffusers' transformer blocks, and 1x1 convolutions run as matmuls.
 
 Why: ``Transformer2DModel`` ends with ``.permute(0, 3, 1, 2).contiguous()`` before (or after) its output
 projection, which turns the channels-last activations into NCHW; the next convolution converts them back.
@@ -28,6 +29,23 @@ from sd_core.triton_support import routable_layers, shadow_forward
 
 _OUTPUT_STEP = "_get_output_for_continuous_inputs"
 _EXPECTED_PARAMETERS = ["self", "hidden_states", "residual", "batch_size", "height", "width", "inner_dim"]
+
+
+def convert_weights_to_channels_last(module: torch.nn.Module) -> int:
+    """``module.to(memory_format=torch.channels_last)`` for its 4-D weights and buffers, largest first; returns
+    how many were copied.
+
+    Each conversion copies a weight and frees the original. In module order the freed blocks stayed behind as
+    holes between weights, reserved GPU memory nothing used again; largest first, each later (smaller) copy
+    fits in the space an earlier one freed.
+    """
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers()) if t.dim() == 4}
+    converted = 0
+    for tensor in sorted(tensors.values(), key=lambda t: t.numel(), reverse=True):
+        if not tensor.is_contiguous(memory_format=torch.channels_last):
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+            converted += 1
+    return converted
 
 
 def keep_transformer_outputs_channels_last(module: torch.nn.Module) -> int:

@@ -22,9 +22,9 @@ from sd_core.acceleration import (
     _CapturedGraph,
     call_key,
     compile_cache_dir,
+    fuse_projections_sharing_storage,
     graphable_modules,
     make_accelerator,
-    share_fused_projection_storage,
     use_compile_cache,
     uses_cuda_graphs,
 )
@@ -478,8 +478,7 @@ def test_fused_attention_projections_hold_one_copy_of_their_weights(tiny_models)
     with torch.no_grad():
         expected = unet(sample, 10, text).sample
         originals = {name: tensor.clone() for name, tensor in unet.state_dict().items()}
-        unet.fuse_qkv_projections()
-        assert share_fused_projection_storage(unet) > 0
+        assert fuse_projections_sharing_storage(unet) > 0
         got = unet(sample, 10, text).sample
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     for name, tensor in originals.items():

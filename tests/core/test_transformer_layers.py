@@ -9,6 +9,7 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from sd_core.channels_last import (
+    convert_weights_to_channels_last,
     keep_transformer_outputs_channels_last,
     pointwise_convolution,
     use_matmuls_for_pointwise_convolutions,
@@ -100,3 +101,18 @@ def test_pointwise_convolutions_run_as_matrix_products_with_the_same_values():
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+def test_weights_converted_to_channels_last_in_place_keep_values_and_sharing():
+    torch.manual_seed(0)
+    shared = torch.nn.Conv2d(4, 4, 3, padding=1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), shared, shared, torch.nn.Conv2d(4, 8, 1))
+    net.register_buffer("kernel", torch.randn(2, 3, 5, 5))
+    x = torch.randn(1, 3, 8, 8)
+    expected, before = net(x), {name: t.clone() for name, t in net.state_dict().items()}
+    assert convert_weights_to_channels_last(net) == 3  # the 1x1 weight is channels-last already; shared once
+    for name, tensor in net.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], atol=0, rtol=0)
+        assert tensor.dim() != 4 or tensor.is_contiguous(memory_format=torch.channels_last), name
+    assert net[1].weight is net[2].weight
+    torch.testing.assert_close(net(x), expected)
