@@ -468,12 +468,10 @@ class CudaGraphAccelerator:
 
         ``alongside``: a ControlNet graph whose outputs this call (the UNet's) takes. The recording then forks:
         the ControlNet's call runs on a branch stream and writes into that graph's output buffers while the
-        UNet runs its down blocks, which do not read them; the UNet waits for the branch where it first adds
-        the residuals (``_controlnet_join``). Neither network alone fills an H100 at SD1.5's sizes, so the two
-        together take less time than one after the other (a step 8.65 -> 7.86 ms, benchmarks/README.md).
-        Graph nodes of the two branches are ordered exactly as the eager calls' kernels, so the result is
-        the same. Captured on the one stream the other graphs use: the allocator gives each stream's
-        activations their own blocks, so the branches never share memory.
+        UNet runs its down blocks and mid block, which do not read them (``_with_controlnet_alongside``).
+        Neither network alone fills an H100 at SD1.5's sizes, so the two together take less time than one
+        after the other (a step 8.66 -> 7.78 ms, the same bits: benchmarks/README.md). The allocator gives each
+        stream's activations their own blocks, so the branches never share memory.
         """
         # Another graph's output buffers given as inputs are read where they lie (``_installed``'s hands_over).
         static_leaves = [
@@ -512,32 +510,65 @@ class CudaGraphAccelerator:
 def _with_controlnet_alongside(
     unet: torch.nn.Module, call: Callable[[], Any], controlnet: _CapturedGraph, branch: torch.cuda.Stream
 ) -> Any:
-    """``call`` (the UNet's) while ``controlnet``'s recorded call runs on ``branch`` into its output buffers, which
-    ``call`` reads from where it first needs them on (``CudaGraphAccelerator._capture``)."""
-    done = torch.cuda.Event()
-    branch.wait_stream(torch.cuda.current_stream())
+    """``call`` (the UNet's) while ``controlnet``'s recorded call runs on ``branch`` into its output buffers.
+
+    The UNet's down blocks run beside the ControlNet. Their outputs get the ControlNet's residuals added on the
+    branch, after the ControlNet, while the UNet's mid block (which reads neither) runs on; the UNet waits
+    for the branch after its mid block, before it adds the ControlNet's mid residual. Cross-stream memory:
+    the down blocks' outputs, read on the branch, are held until that wait, so the mid block cannot reuse
+    their memory while the branch still reads them; the sums, made on the branch, are read only after it.
+    """
+    main = torch.cuda.current_stream()
+    branch.wait_stream(main)
     with torch.cuda.stream(branch):
         results = [leaf for leaf in tree_flatten(controlnet.rerun())[0] if isinstance(leaf, torch.Tensor)]
         torch._foreach_copy_([leaf for leaf in controlnet.static_outputs if isinstance(leaf, torch.Tensor)], results)
-        done.record()
-    join = _controlnet_join(unet)
-    assert join is not None  # _call pairs only UNets that have one
-    waiting = join.register_forward_hook(lambda *_: torch.cuda.current_stream().wait_event(done))
+    layers = _controlnet_join(unet)
+    assert layers is not None  # _call pairs only UNets that have them
+    first, down_blocks, middle = layers
+    held: list[Any] = []
+
+    def add_on_branch(*_: Any) -> None:
+        branch.wait_stream(main)
+        torch.cuda.set_stream(branch)
+
+    def middle_on_main(*_: Any) -> None:
+        torch.cuda.set_stream(main)
+
+    def join(*_: Any) -> None:
+        main.wait_stream(branch)
+        held.clear()
+
+    hooks = [
+        layer.register_forward_hook(lambda _layer, _args, output: held.append(output))
+        for layer in (first, *down_blocks)
+    ]
+    hooks += [
+        down_blocks[-1].register_forward_hook(add_on_branch),
+        middle.register_forward_pre_hook(middle_on_main),
+        middle.register_forward_hook(join),
+    ]
     try:
         outputs = call()
     finally:
-        waiting.remove()
-    torch.cuda.current_stream().wait_stream(branch)
+        for hook in hooks:
+            hook.remove()
+        torch.cuda.set_stream(main)
+    main.wait_stream(branch)
     return outputs
 
 
-def _controlnet_join(unet: torch.nn.Module) -> torch.nn.Module | None:
-    """The layer after which a diffusers UNet first reads a ControlNet's residuals: its last down block (the
-    residuals are added to the down blocks' outputs before the mid block). None for other networks."""
+def _controlnet_join(unet: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.ModuleList, torch.nn.Module] | None:
+    """Where a diffusers UNet meets a ControlNet's residuals: the layers whose outputs get the down residuals
+    (its input convolution and down blocks; the sums are made between the last of them and the mid block) and
+    its mid block (whose output gets the mid residual). None for other networks."""
+    first = getattr(unet, "conv_in", None)
     blocks = getattr(unet, "down_blocks", None)
-    if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0 or not hasattr(unet, "mid_block"):
+    middle = getattr(unet, "mid_block", None)
+    layers = (first, blocks, middle)
+    if not all(isinstance(layer, torch.nn.Module) for layer in layers) or not isinstance(blocks, torch.nn.ModuleList):
         return None
-    return blocks[-1]
+    return (first, blocks, middle) if len(blocks) else None
 
 
 def _takes_outputs_of(leaves: list[Any], graph: _CapturedGraph) -> bool:

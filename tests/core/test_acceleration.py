@@ -168,11 +168,12 @@ class TinyControlNetForSteps(torch.nn.Module):
 class TinyUNetForSteps(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
+        self.conv_in = torch.nn.Identity()
         self.down_blocks = torch.nn.ModuleList([torch.nn.Linear(3, 3)])
         self.mid_block = torch.nn.Identity()
 
     def forward(self, sample, down_block_additional_residuals=(), mid_block_additional_residual=None):
-        down = self.down_blocks[0](sample)
+        down = self.down_blocks[0](self.conv_in(sample))
         return down + sum(down_block_additional_residuals) + mid_block_additional_residual
 
 
