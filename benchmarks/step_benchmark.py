@@ -61,6 +61,13 @@ CHUNK_SHAPES = [
 ]  # fmt: skip
 # (images, channels, side) of the upsamplers' inputs: SD1.5's UNet, its VAE decoder (one image), SDXL's UNet.
 UPSAMPLE_SHAPES = [(2, 1280, 8), (2, 1280, 16), (2, 640, 32), (1, 512, 64), (1, 512, 128), (1, 256, 256), (2, 640, 64)]
+# ... and with dtypes: SD1.5's and SDXL's UNets (fp16), SD1.5's VAE decoder (fp16) and SDXL's (fp32).
+HALF, FULL = torch.float16, torch.float32
+PHASE_SHAPES = [
+    (2, 1280, 8, HALF), (2, 1280, 16, HALF), (2, 640, 32, HALF), (2, 1280, 32, HALF), (2, 640, 64, HALF),
+    (1, 512, 64, HALF), (1, 512, 128, HALF), (1, 256, 256, HALF), (1, 512, 128, FULL), (1, 512, 256, FULL),
+    (1, 256, 512, FULL),
+]  # fmt: skip
 
 
 def step(family: str) -> dict[str, float]:
@@ -173,12 +180,105 @@ def _add_then_norm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, 
     return norm((x + bias) + residual)
 
 
+def upsampling_as_phase_convolutions() -> dict[str, dict[str, float]]:
+    """Nearest 2x upsampling then a 3x3 convolution (what every upsampler does), against the same as one 2x2
+    convolution of the small input with four output phases (4/9 of the products), then interleaved. Measured
+    and not taken: faster only from 64² at 640 channels up, a few ms a request at most (benchmarks/README.md)."""
+    results: dict[str, dict[str, float]] = {}
+    for images, channels, side, dtype in PHASE_SHAPES:
+        x = torch.randn(images, channels, side, side, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+        weight = (torch.randn(channels, channels, 3, 3, device="cuda") / (3 * channels**0.5)).to(dtype)
+        weight, bias = weight.to(memory_format=torch.channels_last), torch.randn(channels, device="cuda", dtype=dtype)
+        phases, phase_bias = _phase_weights(weight), bias.repeat(4)
+        with torch.no_grad():
+            exact = F.conv2d(
+                F.interpolate(x.double(), scale_factor=2.0, mode="nearest"), weight.double(), bias.double(), padding=1
+            )
+            today = functools.partial(_upsample_then_convolve, x, weight, bias)
+            phased = functools.partial(_phase_convolution, x, phases, phase_bias, channels)
+            results[f"{images}x{channels}x{side}² {str(dtype).removeprefix('torch.')}"] = {
+                "upsample then 3x3": graphed_ms(today),
+                "2x2 phases, interleaved": graphed_ms(phased),
+                "2x2 phases alone": graphed_ms(functools.partial(F.conv2d, x, phases, phase_bias, padding=1)),
+                "error upsample then 3x3": (today().double() - exact).abs().max().item(),
+                "error 2x2 phases": (phased().double() - exact).abs().max().item(),
+            }
+    return results
+
+
+def _upsample_then_convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(upsample.upsample_nearest_2x(x), weight, bias, padding=1)
+
+
+def _phase_weights(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 kernel over a nearest-upsampled input as four 2x2 kernels over the input, one per output phase."""
+
+    def fold(kernel: torch.Tensor, phase: int, dim: int) -> torch.Tensor:
+        first, middle, last = kernel.unbind(dim)
+        return torch.stack((first, middle + last) if phase == 0 else (first + middle, last), dim)
+
+    blocks = [fold(fold(weight.float(), a, 2), b, 3) for a in (0, 1) for b in (0, 1)]
+    return torch.cat(blocks).to(weight.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def _phase_convolution(x: torch.Tensor, phases: torch.Tensor, bias: torch.Tensor, channels: int) -> torch.Tensor:
+    images, _, height, width = x.shape
+    y = F.conv2d(x, phases, bias, padding=1).permute(0, 2, 3, 1)  # (images, height + 1, width + 1, 4 channels)
+    shape = (images, channels, 2 * height, 2 * width)
+    out = torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    interleaved = out.permute(0, 2, 3, 1).view(images, height, 2, width, 2, channels)
+    for a in (0, 1):
+        for b in (0, 1):
+            block = slice((2 * a + b) * channels, (2 * a + b + 1) * channels)
+            interleaved[:, :, a, :, b, :].copy_(y[:, a : a + height, b : b + width, block])
+    return out
+
+
+def controlnet_alongside() -> dict[str, dict[str, float]]:
+    """A ControlNet + UNet step through the accelerator's own wrappers (graphs, the ControlNet's outputs handed
+    over), each network's graph in turn against the ControlNet inside the UNet's graph (acceleration.py)."""
+    results: dict[str, dict[str, float]] = {}
+    for family in ("sd1", "sdxl"):
+        unet, controlnet = build_denoisers(family)
+        step = denoising_step(unet, controlnet, family)
+        outputs: dict[str, torch.Tensor] = {}
+        for name, alongside in (("in turn", False), ("alongside", True)):
+            accelerator = CudaGraphAccelerator(controlnet_alongside=alongside)
+            for module in (unet, controlnet):
+                accelerator._prepare(module)
+            with torch.no_grad(), accelerator._installed(controlnet, "", True), accelerator._installed(unet, ""):
+                for _ in range(3):
+                    outputs[name] = step().float()
+                results[f"{family} {name} ms"] = wall_ms(step)
+            accelerator.reset()
+        results[f"{family} max difference"] = (outputs["in turn"] - outputs["alongside"]).abs().max().item()
+        del unet, controlnet, step
+        torch.cuda.empty_cache()
+    return results
+
+
+def wall_ms(function, calls: int = 40) -> float:
+    """GPU time of ``calls`` calls in a row (each launching its own graphs), per call, the best of five."""
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            function()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return min(times)
+
+
 SWEEPS = {
     "attention": attention_backends,
     "layer norm": layer_norm_tiles,
     "group norm": group_norm_paths,
     "group norm chunks": group_norm_chunks,
     "upsampling": upsampling,
+    "upsampling as phase convolutions": upsampling_as_phase_convolutions,
+    "controlnet alongside": controlnet_alongside,
 }
 
 

@@ -33,9 +33,10 @@ in one vectorised pass (sd_core/channel_bias.py), and nearest-neighbour upsampli
 with graphs alone, 13.5 ms with fused QKV and channels-last, 8.7 ms with everything (fifth session). And a
 ControlNet embeds its conditioning image once per generation, not every step (sd_core/controlnet_condition.py),
 in a graph of its own, and where it serves one control hands its residuals to the UNet's graph in place
-(``_installed``), and runs inside the UNet's graph, on a branch beside the UNet's down blocks (``_capture``):
-SD1.5 + ControlNet 150.4 -> 141.9 ms a request (seventh session). Autotuned cuDNN convolutions with cuDNN
-attention first were measured too and gained nothing. benchmarks/README.md has the numbers.
+(``_installed``), and runs inside the UNet's graph, on a branch beside the UNet's down and mid blocks
+(``_capture``): SD1.5 + ControlNet 147.8 -> 133.8 ms a request (seventh session). Autotuned cuDNN
+convolutions with cuDNN attention first were measured too and gained nothing. benchmarks/README.md has the
+numbers.
 
 Mode "compile" adds kernel fusion: with graphs the step is GPU-bound, so the remaining time is in the
 kernels themselves (many small element-wise kernels around the convolutions and matrix products).
