@@ -59,12 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, help="override the render width")
     parser.add_argument("--height", type=int, help="override the render height")
     parser.add_argument(
-        "--capture-samples", type=_count, default=16, help="render samples of the camera capture (0: the scene's own)"
+        "--capture-samples", type=count, default=16, help="render samples of the camera capture (0: the scene's own)"
     )
     return parser
 
 
-def _count(text: str) -> int:
+def count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is not a count: give 0 or more")

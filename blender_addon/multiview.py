@@ -180,9 +180,10 @@ def plan_multiview(
     *,
     size: int = 512,
     texture_size: int = 1024,
-    samples: int = 1,
+    samples: int | None = 1,
 ) -> MultiviewPlan:
-    """Render every camera's conditioning and extract every mesh's texels (main thread).
+    """Render every camera's conditioning and extract every mesh's texels (main thread); ``samples`` None renders
+    with the scene's own sample count.
 
     One sample is enough: the colour pass only gives the model context around the objects, while
     depth and the object labels (Cycles' Object Index, EEVEE's Cryptomatte), what projection relies on,

@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bottom", action="store_true", help="add a view from below")
     parser.add_argument("--size", type=int, default=512, help="square size of each generated view")
     parser.add_argument("--texture-size", type=int, default=1024)
-    parser.add_argument("--samples", type=int, default=1, help="render samples for the conditioning renders")
+    parser.add_argument(
+        "--samples",
+        type=headless.count,
+        default=1,
+        help="render samples of the conditioning renders (0: the scene's own)",
+    )
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -70,7 +75,7 @@ def run(args: argparse.Namespace) -> list[str]:
         )
     cameras = multiview.multiview_cameras(scene, "SCENE" if args.cameras == "scene" else "RING")
     plan = multiview.plan_multiview(
-        scene, objects, cameras, size=args.size, texture_size=args.texture_size, samples=args.samples
+        scene, objects, cameras, size=args.size, texture_size=args.texture_size, samples=args.samples or None
     )
     engine = Engine(headless.engine_settings(args))
     generate = engine_generator(

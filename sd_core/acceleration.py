@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
+from diffusers import UNet2DConditionModel
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from sd_core.channel_bias import use_fused_convolution_biases
@@ -380,8 +381,9 @@ class CudaGraphAccelerator:
         instead of clones, and a graph given them as inputs (the UNet's) reads them where they are: about 54 MB
         of copies a step fewer for SD1.5 + ControlNet at 512², 13 launches fewer. Graphs share one memory pool,
         so a replay may overwrite what another graph returned: hence never while something else runs between.
-        Unless in guess mode, those buffers are even handed out before they are filled: the UNet's graph
-        computes them alongside its own work (``_call``).
+        With ``controlnet_alongside`` and unless in guess mode, those buffers are even handed out before they are
+        filled: the UNet's graph computes them alongside its own work (``_call``), and copies the residuals into
+        them there, on the ControlNet's branch, beside the UNet's own work.
         """
         had_own = "forward" in module.__dict__
         previous = module.__dict__.get("forward")
@@ -419,23 +421,23 @@ class CudaGraphAccelerator:
         layout = call_key(leaves, spec)
         replayable = layout is not None and not torch.is_grad_enabled()
         deferred, self._deferred = self._deferred, None
-        alongside = deferred if replayable and deferred is not None and _takes_outputs_of(leaves, deferred) else None
-        if alongside is not None and _controlnet_join(module) is None:
-            alongside = None
+        alongside = deferred if replayable and _takes_controlnet_outputs(module, kwargs, leaves, deferred) else None
         if deferred is not None and alongside is None:
             deferred.graph.replay()  # whatever runs next reads its outputs
         if not replayable:
             return eager(*args, **kwargs)
-        key = (id(module), variant, *layout, *(() if alongside is None else ("alongside", id(alongside))))
+        key = (id(module), variant, *layout)
+        if alongside is not None:
+            if len(self._graphs) >= _MAX_GRAPHS and (*key, "alongside", id(alongside)) not in self._graphs:
+                alongside.graph.replay()  # dropped below with every graph: run on its own, before its pool goes
+                alongside = None
+            else:  # the UNet's graph holds ``alongside``, so that id stays its own
+                key = (*key, "alongside", id(alongside))
         captured = self._graphs.get(key)
-        stale = captured is not None and (
-            captured.weights_at != _weights_address(module) or captured.alongside is not alongside
-        )
+        stale = captured is not None and captured.weights_at != _weights_address(module)
         if key not in self._graphs or stale:
             if stale:
-                log.warning(
-                    "%s changed since capture (weights or ControlNet graph): capturing again.", type(module).__name__
-                )
+                log.warning("Weights of %s moved since capture: capturing again.", type(module).__name__)
                 for leaf in captured.static_outputs:  # type: ignore[union-attr]
                     self._output_buffers.pop(id(leaf), None)
             if len(self._graphs) >= _MAX_GRAPHS:
@@ -450,8 +452,9 @@ class CudaGraphAccelerator:
             return eager(*args, **kwargs)
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
         if hands_over and self.controlnet_alongside and not kwargs.get("guess_mode"):
-            # Deferred: in guess mode the pipeline reads the residuals itself (it pads them for the unconditional
-            # half); otherwise they go straight into the UNet, whose graph then does this work alongside its own.
+            # Deferred: in guess mode the pipeline reads the residuals itself (with classifier-free guidance it pads
+            # them for the unconditional half); otherwise they go straight into the UNet, whose graph then does
+            # this work alongside its own.
             captured.load(tensors)
             self._deferred = captured
             return captured.outputs(cloned=False)
@@ -471,7 +474,7 @@ class CudaGraphAccelerator:
         the ControlNet's call runs on a branch stream and writes into that graph's output buffers while the
         UNet runs its down blocks and mid block, which do not read them (``_with_controlnet_alongside``).
         Neither network alone fills an H100 at SD1.5's sizes, so the two together take less time than one
-        after the other (a step 8.66 -> 7.78 ms, the same bits: benchmarks/README.md). The allocator gives each
+        after the other (a step 8.65 -> 7.77 ms, the same bits: benchmarks/README.md). The allocator gives each
         stream's activations their own blocks, so the branches never share memory.
         """
         # Another graph's output buffers given as inputs are read where they lie (``_installed``'s hands_over).
@@ -481,9 +484,9 @@ class CudaGraphAccelerator:
         ]
         static_args, static_kwargs = tree_unflatten(static_leaves, spec)
         call = functools.partial(eager, *static_args, **static_kwargs)
-        if alongside is not None:
-            call = functools.partial(_with_controlnet_alongside, module, call, alongside, self._branch_stream())
         try:
+            if alongside is not None:
+                call = functools.partial(_with_controlnet_alongside, module, call, alongside, self._branch_stream())
             side = self._capture_stream()
             side.wait_stream(torch.cuda.current_stream())
             device = next(module.parameters()).device
@@ -550,32 +553,33 @@ def _with_controlnet_alongside(
         middle.register_forward_hook(join),
     ]
     try:
-        outputs = call()
-    finally:
+        return call()
+    finally:  # also when the UNet fails: a capture must end with every branch joined
         for hook in hooks:
             hook.remove()
         torch.cuda.set_stream(main)
-    main.wait_stream(branch)
-    return outputs
+        main.wait_stream(branch)
 
 
 def _controlnet_join(unet: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.ModuleList, torch.nn.Module] | None:
-    """Where a diffusers UNet meets a ControlNet's residuals: the layers whose outputs get the down residuals
-    (its input convolution and down blocks; the sums are made between the last of them and the mid block) and
-    its mid block (whose output gets the mid residual). None for other networks."""
-    first = getattr(unet, "conv_in", None)
-    blocks = getattr(unet, "down_blocks", None)
-    middle = getattr(unet, "mid_block", None)
-    layers = (first, blocks, middle)
-    if not all(isinstance(layer, torch.nn.Module) for layer in layers) or not isinstance(blocks, torch.nn.ModuleList):
+    """Where a diffusers ``UNet2DConditionModel`` meets a ControlNet's residuals: the layers whose outputs get the
+    down residuals (its input convolution and down blocks; the sums are made between the last of them and the
+    mid block) and its mid block (whose output gets the mid residual). None for other networks, whose forward
+    may read them elsewhere."""
+    if not isinstance(unet, UNet2DConditionModel) or unet.mid_block is None or len(unet.down_blocks) == 0:
         return None
-    return (first, blocks, middle) if len(blocks) else None
+    return unet.conv_in, unet.down_blocks, unet.mid_block
 
 
-def _takes_outputs_of(leaves: list[Any], graph: _CapturedGraph) -> bool:
-    """Whether a call's arguments hold every tensor output of ``graph`` itself (handed over uncloned)."""
+def _takes_controlnet_outputs(
+    unet: torch.nn.Module, kwargs: dict[str, Any], leaves: list[Any], controlnet: _CapturedGraph | None
+) -> bool:
+    """Whether this call is a UNet's that takes ``controlnet``'s own output buffers as its residuals, and nothing
+    else that its forward adds to the down blocks' outputs (a T2I-Adapter's residuals are added in place)."""
+    if controlnet is None or _controlnet_join(unet) is None or kwargs.get("down_intrablock_additional_residuals"):
+        return False
     given = {id(leaf) for leaf in leaves if isinstance(leaf, torch.Tensor)}
-    outputs = [id(leaf) for leaf in graph.static_outputs if isinstance(leaf, torch.Tensor)]
+    outputs = [id(leaf) for leaf in controlnet.static_outputs if isinstance(leaf, torch.Tensor)]
     return bool(outputs) and given.issuperset(outputs)
 
 
@@ -587,7 +591,8 @@ class CompiledGraphAccelerator(CudaGraphAccelerator):
     """
 
     def __init__(self, fuse_qkv: bool = True, channels_last: bool = True, backend: str | Callable = "inductor") -> None:
-        super().__init__(fuse_qkv=fuse_qkv, channels_last=channels_last)
+        # The ControlNet beside the UNet relies on forward hooks inside the UNet, which dynamo may not guard on.
+        super().__init__(fuse_qkv=fuse_qkv, channels_last=channels_last, controlnet_alongside=False)
         self.backend = backend
         # The UNet's and ControlNet's forwards run through one diffusers decorator frame, so each image size adds
         # two compiled entries to it; torch's default limit of 8 would run the fifth size eagerly.
@@ -750,20 +755,26 @@ def fuse_projections_sharing_storage(module: torch.nn.Module) -> int:
     shared = 0
     originals: dict[torch.nn.Module, Callable[..., Any]] = {}
 
-    def fuse_then_share(attention: torch.nn.Module, **kwargs: Any) -> None:
+    def fuse_then_share(attention: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
         nonlocal shared
-        originals[attention](**kwargs)
+        originals[attention](*args, **kwargs)
         shared += _share_projection_storage(attention)
 
+    own = {}  # instances with a fuse_projections of their own, put back afterwards
     for attention in module.modules():
         if callable(getattr(attention, "fuse_projections", None)):
+            if "fuse_projections" in attention.__dict__:
+                own[attention] = attention.__dict__["fuse_projections"]
             originals[attention] = attention.fuse_projections
             attention.fuse_projections = functools.partial(fuse_then_share, attention)  # type: ignore[method-assign]
     try:
         module.fuse_qkv_projections()  # type: ignore[operator]
     finally:
         for attention in originals:
-            del attention.fuse_projections
+            if attention in own:
+                attention.fuse_projections = own[attention]  # type: ignore[method-assign]
+            else:
+                del attention.fuse_projections
     return shared
 
 

@@ -142,6 +142,11 @@ def test_headless_command_with_the_tiny_models(scene, pair, tiny_models, tmp_pat
         *[f"view_{n:02d}_SD_View_{n:02d}.png" for n in range(1, 5)],
     ]
     assert (tmp_path / "textured.blend").is_file()
+    with pytest.raises(SystemExit) as refused:  # argparse's one line and exit code, before anything opens
+        multiview_headless.main(
+            ["--blend", str(blend), "--model", "m", "--prompt", "p", "--select", "Cube", "--samples", "-2"]
+        )
+    assert refused.value.code == 2
     for name in ("Cube", "Sphere"):
         image = bpy.data.images[f"{name} {multiview.TEXTURE_LABEL}"]
         pixels = np.empty(64 * 64 * 4, np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from sd_core.acceleration import (
     CudaGraphAccelerator,
     PlainPath,
     _CapturedGraph,
+    _with_controlnet_alongside,
     call_key,
     compile_cache_dir,
     fuse_projections_sharing_storage,
@@ -156,30 +158,29 @@ def test_handed_over_outputs_are_the_graphs_buffers_and_are_read_where_they_lie(
     assert copies == [1] and torch.equal(result, torch.full((3,), 2.0))
 
 
-class TinyControlNetForSteps(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(3.0))
+@pytest.fixture
+def denoisers(tiny_models):
+    """The tiny SD1 UNet and ControlNet (copies: these tests install wrappers and hooks on them), and one step's
+    inputs: latents, text embeddings, a control image."""
+    engine = Engine(EngineSettings(device="cpu"))
+    unet = copy.deepcopy(engine.cache.base_pipeline(str(tiny_models["sd1"]))[0].unet).eval()
+    controlnet = copy.deepcopy(engine.cache.controlnet(str(tiny_models["sd1_controlnet"]))).eval()
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator)
+    image = torch.rand(1, 3, 64, 64, generator=generator)
+    samples = [torch.randn(1, 4, 8, 8, generator=generator) for _ in range(3)]
+    return unet, controlnet, text, image, samples
 
-    def forward(self, sample, guess_mode=False):
-        return [sample * self.scale, sample + self.scale], sample - self.scale
 
-
-class TinyUNetForSteps(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv_in = torch.nn.Identity()
-        self.down_blocks = torch.nn.ModuleList([torch.nn.Linear(3, 3)])
-        self.mid_block = torch.nn.Identity()
-
-    def forward(self, sample, down_block_additional_residuals=(), mid_block_additional_residual=None):
-        down = self.down_blocks[0](self.conv_in(sample))
-        return down + sum(down_block_additional_residuals) + mid_block_additional_residual
+def one_step(unet, controlnet, text, image, sample, guess_mode=False):
+    """A step as diffusers' ControlNet pipelines make it (without guidance): the ControlNet, then the UNet."""
+    down, mid = controlnet(sample, 10, text, controlnet_cond=image, guess_mode=guess_mode, return_dict=False)
+    return unet(sample, 10, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)[0]
 
 
 class ReplayLog:
     """Stands in for CUDA graph capture on the CPU: a "graph" reruns its recorded call into its output buffers
-    and notes its name; a UNet graph recorded with a ControlNet alongside first does that ControlNet's work."""
+    and notes its network; a UNet graph recorded with a ControlNet alongside first does that ControlNet's work."""
 
     def __init__(self, monkeypatch, accelerator: CudaGraphAccelerator) -> None:
         self.replays: list[str] = []
@@ -219,48 +220,44 @@ class ReplayLog:
 
 
 @torch.no_grad()
-def test_a_controlnet_runs_inside_the_unet_graph_that_takes_its_outputs(monkeypatch):
+def test_a_controlnet_runs_inside_the_unet_graph_that_takes_its_outputs(monkeypatch, denoisers):
     """One step, two networks: the ControlNet's graph is not replayed on its own where the UNet takes its
     residuals as they are; the UNet's graph, recorded with the ControlNet's work alongside, does both, with
     the same result as the two in turn. Anything else that reads them gets the ControlNet replayed first."""
-    torch.manual_seed(0)
-    controlnet, unet = TinyControlNetForSteps(), TinyUNetForSteps()
-
-    def step(sample, guess_mode=False):
-        down, mid = controlnet(sample, guess_mode=guess_mode)
-        return unet(sample, down_block_additional_residuals=down, mid_block_additional_residual=mid)
-
-    samples = [torch.randn(3) for _ in range(3)]
+    unet, controlnet, text, image, samples = denoisers
+    step = functools.partial(one_step, unet, controlnet, text, image)
     expected = [step(sample) for sample in samples]
+    guessed = step(samples[0], guess_mode=True)
     accelerator = CudaGraphAccelerator()
     log = ReplayLog(monkeypatch, accelerator)
     with accelerator._installed(controlnet, "v", hands_over=True), accelerator._installed(unet, "v"):
         for sample, wanted in zip(samples, expected, strict=True):
             torch.testing.assert_close(step(sample), wanted)
-        assert log.captures == [("TinyControlNetForSteps", None), ("TinyUNetForSteps", "TinyControlNetForSteps")]
-        assert log.replays == ["TinyUNetForSteps"] * 3  # the ControlNet's graph never on its own
+        assert log.captures == [("ControlNetModel", None), ("UNet2DConditionModel", "ControlNetModel")]
+        assert log.replays == ["UNet2DConditionModel"] * 3  # the ControlNet's graph never on its own
         log.replays.clear()
-        torch.testing.assert_close(step(samples[0], guess_mode=True), expected[0])  # the pipeline pads them itself
-        assert log.replays == ["TinyControlNetForSteps", "TinyUNetForSteps"]
+        torch.testing.assert_close(step(samples[0], guess_mode=True), guessed)  # the pipeline may pad them
+        assert log.replays == ["ControlNetModel", "UNet2DConditionModel"]
         log.replays.clear()
-        down, mid = controlnet(samples[1])
+        down, mid = controlnet(samples[1], 10, text, controlnet_cond=image, return_dict=False)
         assert log.replays == []  # deferred: its buffers are handed out before they are filled
-        torch.testing.assert_close(unet(samples[1], [d.clone() for d in down], mid), expected[1])
-        assert log.replays == ["TinyControlNetForSteps", "TinyUNetForSteps"]  # not its buffers: replayed first
+        torch.testing.assert_close(
+            unet(samples[1], 10, text, [d.clone() for d in down], mid_block_additional_residual=mid)[0], expected[1]
+        )
+        assert log.replays == ["ControlNetModel", "UNet2DConditionModel"]  # not its buffers: replayed first
     accelerator = CudaGraphAccelerator(controlnet_alongside=False)  # the benchmark's ablation
     log = ReplayLog(monkeypatch, accelerator)
     with accelerator._installed(controlnet, "v", hands_over=True), accelerator._installed(unet, "v"):
         torch.testing.assert_close(step(samples[2]), expected[2])
-    assert log.replays == ["TinyControlNetForSteps", "TinyUNetForSteps"]
-    assert log.captures == [("TinyControlNetForSteps", None), ("TinyUNetForSteps", None)]
+    assert log.replays == ["ControlNetModel", "UNet2DConditionModel"]
+    assert log.captures == [("ControlNetModel", None), ("UNet2DConditionModel", None)]
 
 
 @torch.no_grad()
-def test_a_deferred_controlnet_runs_before_a_failed_capture_and_is_forgotten_after_a_generation(monkeypatch):
-    controlnet, unet = TinyControlNetForSteps(), TinyUNetForSteps()
-    sample = torch.randn(3)
-    down, mid = controlnet(sample)
-    expected = unet(sample, down, mid)
+def test_a_deferred_controlnet_runs_before_a_failed_capture_and_is_forgotten_after_a_generation(monkeypatch, denoisers):
+    unet, controlnet, text, image, (sample, *_) = denoisers
+    step = functools.partial(one_step, unet, controlnet, text, image)
+    expected = step(sample)
     accelerator = CudaGraphAccelerator()
     log = ReplayLog(monkeypatch, accelerator)
     capture = log.capture
@@ -268,15 +265,110 @@ def test_a_deferred_controlnet_runs_before_a_failed_capture_and_is_forgotten_aft
         accelerator, "_capture", lambda module, *rest: None if module is unet else capture(module, *rest)
     )
     with accelerator._installed(controlnet, "v", hands_over=True), accelerator._installed(unet, "v"):
-        down, mid = controlnet(sample)
-        torch.testing.assert_close(unet(sample, down, mid), expected)  # the UNet eager, on the replayed outputs
-    assert log.replays == ["TinyControlNetForSteps"]
+        torch.testing.assert_close(step(sample), expected)  # the UNet eager, on the replayed outputs
+    assert log.replays == ["ControlNetModel"]
     pipe = SimpleNamespace(unet=unet, controlnet=controlnet, vae=None)
     monkeypatch.setattr(accelerator, "_prepare", lambda module: None)
     with accelerator.active(pipe, variant="v"):
-        controlnet(sample)  # a generation that stops between the two calls
+        controlnet(sample, 10, text, controlnet_cond=image, return_dict=False)  # a generation that stops here
         assert accelerator._deferred is not None
     assert accelerator._deferred is None
+
+
+@torch.no_grad()
+def test_a_unet_graph_made_as_every_graph_is_dropped_does_not_keep_the_dropped_controlnet_graph(monkeypatch, denoisers):
+    """Past the graph limit everything is dropped: a UNet graph recorded with the ControlNet's work would hold
+    that dropped graph, and with it the whole old memory pool, for nothing."""
+    unet, controlnet, text, image, (sample, *_) = denoisers
+    step = functools.partial(one_step, unet, controlnet, text, image)
+    expected = step(sample)
+    monkeypatch.setattr("sd_core.acceleration._MAX_GRAPHS", 1)
+    accelerator = CudaGraphAccelerator()
+    log = ReplayLog(monkeypatch, accelerator)
+    with accelerator._installed(controlnet, "v", hands_over=True), accelerator._installed(unet, "v"):
+        torch.testing.assert_close(step(sample), expected)
+    assert log.captures == [("ControlNetModel", None), ("UNet2DConditionModel", None)]
+    assert log.replays == ["ControlNetModel", "UNet2DConditionModel"]
+    assert [graph.alongside for graph in accelerator._graphs.values()] == [None]
+
+
+class FakeStreams:
+    """Stands in for CUDA streams on the CPU: which one is current, and each wait between them, in order."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.waits: list[str] = []
+        self.main, self.branch = FakeStream("main", self), FakeStream("branch", self)
+        self.current = self.main
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: self.current)
+        monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: setattr(self, "current", stream))
+        monkeypatch.setattr(torch.cuda, "stream", self.using)
+
+    @contextlib.contextmanager
+    def using(self, stream):
+        before, self.current = self.current, stream
+        try:
+            yield
+        finally:
+            self.current = before
+
+
+class FakeStream:
+    def __init__(self, name: str, streams: FakeStreams) -> None:
+        self.name, self.streams = name, streams
+
+    def wait_stream(self, other: FakeStream) -> None:
+        self.streams.waits.append(f"{self.name} waits for {other.name}")
+
+
+@torch.no_grad()
+def test_the_unet_runs_its_down_and_mid_blocks_beside_the_controlnet_and_sums_the_residuals_on_its_branch(
+    monkeypatch, denoisers
+):
+    """What the UNet's capture records, stream by stream: the ControlNet on the branch; the UNet's down blocks
+    and mid block on the main stream; the sums of its down blocks' outputs with the residuals on the branch,
+    after the down blocks; the main stream waiting for the branch after its mid block. Hooks and the current
+    stream are restored, and the branch joined, also when the UNet fails."""
+    unet, controlnet, text, image, (sample, *_) = denoisers
+    down, mid = controlnet(sample, 10, text, controlnet_cond=image, return_dict=False)
+    expected = unet(sample, 10, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)[0]
+    streams = FakeStreams(monkeypatch)
+    seen: dict[str, str] = {}
+
+    def rerun():
+        seen["controlnet"] = streams.current.name
+        return controlnet(sample, 10, text, controlnet_cond=image, return_dict=False)
+
+    buffers, spec = tree_flatten((tuple(torch.zeros_like(d) for d in down), torch.zeros_like(mid)))
+    controlnet_graph = _CapturedGraph(None, [], buffers, spec, 0, rerun)
+    residuals = {"down_block_additional_residuals": tuple(buffers[:-1]), "mid_block_additional_residual": buffers[-1]}
+    call = functools.partial(lambda: unet(sample, 10, text, **residuals)[0])
+    hook_counts = lambda: [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in unet.modules()]  # noqa: E731
+    fail = False
+
+    def before_mid(*_):
+        seen["sums"], seen["waits before mid"] = streams.current.name, str(len(streams.waits))
+        if fail:
+            raise RuntimeError("the mid block failed")
+
+    def noting(name):
+        return lambda *_: seen.__setitem__(name, streams.current.name)  # returns None: changes no input or output
+
+    unet.conv_in.register_forward_pre_hook(noting("down blocks"))
+    unet.mid_block.register_forward_pre_hook(before_mid)  # runs before the branch's own hooks: sees the sums'
+    unet.mid_block.register_forward_hook(noting("mid block"))
+    hooks_before = hook_counts()
+    torch.testing.assert_close(_with_controlnet_alongside(unet, call, controlnet_graph, streams.branch), expected)
+    assert seen == {
+        "controlnet": "branch", "down blocks": "main", "sums": "branch", "waits before mid": "2", "mid block": "main"
+    }  # fmt: skip
+    assert streams.waits == ["branch waits for main"] * 2 + ["main waits for branch"] * 2
+    assert streams.current is streams.main and hook_counts() == hooks_before
+    streams.waits.clear()
+    fail = True
+    with pytest.raises(RuntimeError, match="mid block failed"):
+        _with_controlnet_alongside(unet, call, controlnet_graph, streams.branch)
+    assert streams.current is streams.main and hook_counts() == hooks_before
+    assert streams.waits[-1] == "main waits for branch"
 
 
 def test_only_a_pipelines_one_controlnet_hands_its_outputs_over(monkeypatch):
