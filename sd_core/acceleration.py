@@ -94,10 +94,12 @@ _COMPILE_CACHE_SUBDIR = Path("sd_core", "torch_compile")
 # Eager calls on a side stream before a capture: they initialise cuBLAS/cuDNN handles and workspaces and
 # let the caching allocator settle, none of which may happen while a graph is being captured.
 _WARMUP_CALLS = 2
-# GPU memory the VAE decoder's activations take per output pixel and byte of its dtype, the largest need of any
-# graph of a request (H100 memory snapshots: 768 for SD1.5's fp16 decoder at 512², 752 for SDXL's fp32 one at
-# 1024²).
-_VAE_DECODE_BYTES_PER_PIXEL_AND_DTYPE_BYTE = 768
+# GPU memory set aside for the graphs per output pixel and byte of the VAE's dtype: the VAE decoder's activations,
+# the largest need of any graph of a request, beside the other graphs' lasting outputs that share the block. The
+# smallest multiple of 64 at which SD1.5's fp16 decode at 512² and SDXL's fp32 one at 1024² fit in it, with or
+# without a ControlNet (H100, seventh session): at 768 to 896 each decode took a segment of its own besides (128 MiB,
+# 1 GiB), so SD1.5 + ControlNet peaked at 3.62 GiB reserved and SDXL + ControlNet at 14.19; at 960, 3.59 and 13.94.
+_VAE_DECODE_BYTES_PER_PIXEL_AND_DTYPE_BYTE = 960
 # A new image size or batch adds graphs; past this many, all graphs and their pool are dropped and capture
 # starts over, so switching sizes all afternoon cannot grow GPU memory without bound.
 _MAX_GRAPHS = 20
