@@ -479,11 +479,7 @@ class CudaGraphAccelerator:
         after the other (a step 8.65 -> 7.77 ms, the same bits: benchmarks/README.md). The allocator gives each
         stream's activations their own blocks, so the branches never share memory.
         """
-        # Another graph's output buffers given as inputs are read where they lie (``_installed``'s hands_over).
-        static_leaves = [
-            leaf.clone() if isinstance(leaf, torch.Tensor) and self._output_buffers.get(id(leaf)) is not leaf else leaf
-            for leaf in leaves
-        ]
+        static_leaves = self._static_leaves(leaves)
         static_args, static_kwargs = tree_unflatten(static_leaves, spec)
         call = functools.partial(eager, *static_args, **static_kwargs)
         try:
@@ -511,6 +507,14 @@ class CudaGraphAccelerator:
         return _CapturedGraph(
             graph, static_inputs, output_leaves, output_spec, _weights_address(module), call, alongside
         )
+
+    def _static_leaves(self, leaves: list[Any]) -> list[Any]:
+        """A call's arguments as a graph records them: tensors copied into buffers of their own, except another
+        graph's output buffers, which are read where they lie (``_installed``'s hands_over)."""
+        return [
+            leaf.clone() if isinstance(leaf, torch.Tensor) and self._output_buffers.get(id(leaf)) is not leaf else leaf
+            for leaf in leaves
+        ]
 
 
 def _with_controlnet_alongside(

@@ -194,10 +194,7 @@ class ReplayLog:
     def capture(self, module, eager, leaves, spec, alongside=None):
         name = type(module).__name__
         self.captures.append((name, None if alongside is None else self.names[id(alongside.graph)]))
-        handed = self.accelerator._output_buffers  # read where they lie, as _capture does
-        static_leaves = [
-            leaf.clone() if torch.is_tensor(leaf) and handed.get(id(leaf)) is not leaf else leaf for leaf in leaves
-        ]
+        static_leaves = self.accelerator._static_leaves(leaves)
         static_args, static_kwargs = tree_unflatten(static_leaves, spec)
 
         def call():
