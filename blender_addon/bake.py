@@ -65,12 +65,6 @@ class MeshSurface:
     normals: np.ndarray
 
 
-def encode_texture(rgba: np.ndarray) -> bytes:
-    """Any thread (no bpy): top-row-first straight RGBA in [0, 1] as 8-bit PNG data, which Blender packs as it
-    is (encoded off the main thread)."""
-    return png_bytes(rgba)
-
-
 @dataclass(frozen=True)
 class Projection:
     """One mesh's projected texture, computed and encoded off the main thread, to be wired in."""
@@ -147,7 +141,7 @@ def project_textures(
         )
         seen = projected.weight > min_facing
         island_texels = max(int(projected.islands.sum()), 1)
-        png = encode_texture(projected.rgba(min_facing=min_facing, padding=padding))
+        png = png_bytes(projected.rgba(min_facing=min_facing, padding=padding))  # here: off the main thread
         projections.append(Projection(surface, png, float(seen.sum()) / island_texels))
     return projections
 
@@ -176,8 +170,9 @@ def mesh_corners(obj: bpy.types.Object) -> tuple[str, np.ndarray, np.ndarray, np
 def wire_texture(
     obj: bpy.types.Object, png: bytes, uv_map: str, name: str = NODE_LABEL
 ) -> tuple[bpy.types.Image, tuple[str, ...]]:
-    """Pack ``png`` (``encode_texture``'s) as a new image ``"<object> <name>"`` and layer it (by its alpha) over
-    the object's materials in ``uv_map``; returns the image and the materials now using it."""
+    """Pack ``png`` (top-row-first straight RGBA as PNG data: ``png_bytes``) as a new image ``"<object> <name>"``
+    and layer it (by its alpha) over the object's materials in ``uv_map``; returns the image and the materials
+    now using it."""
     image = _new_image(f"{obj.name} {name}", png)
     return image, _layer_over_materials(obj, image, uv_map)
 

@@ -28,6 +28,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 from mathutils import Vector
 
 from sd_core.errors import SDCoreError, ValidationError
+from sd_core.images import png_bytes
 from sd_core.multiview import MultiViewResult, Surface, View, ViewGenerator, engine_generator, texture_views
 from sd_core.request import Progress
 
@@ -225,7 +226,7 @@ def run_multiview(
 
 def encode_textures(result: MultiViewResult) -> list[bytes]:
     """Any thread (no bpy): each fused texture as PNG data, so that ``apply_multiview`` only packs it."""
-    return [bake.encode_texture(texture.rgba()) for texture in result.textures]
+    return [png_bytes(texture.rgba()) for texture in result.textures]
 
 
 def apply_multiview(

@@ -197,11 +197,13 @@ def test_the_texture_button_runs_on_the_shared_job_runner(scene, pair, tiny_mode
 
     import addon_utils
 
-    from blender_addon import bake, operators
+    from blender_addon import operators
 
     encoders = []
-    encode = bake.png_bytes
-    monkeypatch.setattr(bake, "png_bytes", lambda rgba: encoders.append(threading.current_thread()) or encode(rgba))
+    encode = multiview.png_bytes
+    monkeypatch.setattr(
+        multiview, "png_bytes", lambda rgba: encoders.append(threading.current_thread()) or encode(rgba)
+    )
     addon_utils.enable("blender_addon", default_set=True)
     try:
         bpy.context.preferences.addons["blender_addon"].preferences.device = "cpu"
