@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from group_norm_benchmark import graphed_ms
 from profile_ops import build_denoisers, denoising_step
 
-from sd_core import group_norm, layer_norm, upsample
+from sd_core import geglu, group_norm, layer_norm, upsample
 from sd_core.acceleration import CudaGraphAccelerator
 
 # GroupNorm shapes (channels, side) of SD1.5's and SDXL's UNets and SD's VAE decoder, batch 2, 32 groups.
@@ -39,6 +39,11 @@ GROUP_NORM_SHAPES = [
     (2560, 16), (1280, 8), (2560, 8), (320, 128), (640, 128), (512, 64), (512, 128), (256, 256),
 ]  # fmt: skip
 LAYER_NORM_SHAPES = [(2, 4096, 320), (2, 1024, 640), (2, 256, 1280), (2, 4096, 640), (2, 1024, 1280)]
+# A feed-forward's first projection: (rows, input width, GEGLU's output width), batch 2, by family and latent side.
+FEED_FORWARD_SHAPES = {
+    "sd1 64²": (8192, 320, 1280), "sd1 32²": (2048, 640, 2560), "sd1 16²": (512, 1280, 5120),
+    "sdxl 64²": (8192, 640, 2560), "sdxl 32²": (2048, 1280, 5120),
+}  # fmt: skip
 # (batch, heads, queries, head width, keys, dtype): SD1.5's and SDXL's self- and cross-attention, and the VAE's
 # one-head attention at 512² (SD1.5, fp16) and 1024² (SDXL, fp32).
 ATTENTION_SHAPES = {
@@ -234,6 +239,35 @@ def _phase_convolution(x: torch.Tensor, phases: torch.Tensor, bias: torch.Tensor
     return out
 
 
+def geglu_in_the_projection() -> dict[str, dict[str, Any]]:
+    """A feed-forward's first projection (cuBLAS) then sd_core's GEGLU kernel, against both in one Triton kernel
+    (projection_geglu.py) with each of its tiles. Measured and not taken: Triton's product loses to cuBLAS's
+    about what the fused epilogue saves at SDXL's widths."""
+    from projection_geglu import TILES, projection_geglu
+
+    results: dict[str, dict[str, Any]] = {}
+    for name, (rows, depth, inner) in FEED_FORWARD_SHAPES.items():
+        x = torch.randn(rows, depth, device="cuda", dtype=torch.float16)
+        weight = torch.randn(2 * inner, depth, device="cuda", dtype=torch.float16) / depth**0.5
+        bias = torch.randn(2 * inner, device="cuda", dtype=torch.float16) / 10
+        exact = geglu.plain_geglu(F.linear(x.double(), weight.double(), bias.double()))
+
+        def today(x=x, weight=weight, bias=bias) -> torch.Tensor:
+            return geglu.geglu(F.linear(x, weight, bias))
+
+        row: dict[str, Any] = {
+            "projection alone": graphed_ms(functools.partial(F.linear, x, weight, bias)),
+            "projection then geglu": graphed_ms(today),
+            "error projection then geglu": (today().double() - exact).abs().max().item(),
+        }
+        for tile in TILES:
+            fused = functools.partial(projection_geglu, x, weight, bias, tile)
+            row[f"one kernel {tile}"] = graphed_ms(fused)
+            row[f"error one kernel {tile}"] = (fused().double() - exact).abs().max().item()
+        results[name] = row
+    return results
+
+
 def controlnet_alongside() -> dict[str, dict[str, float]]:
     """A ControlNet + UNet step through the accelerator's own wrappers (graphs, the ControlNet's outputs handed
     over), each network's graph in turn against the ControlNet inside the UNet's graph (acceleration.py)."""
@@ -279,6 +313,7 @@ SWEEPS = {
     "upsampling": upsampling,
     "upsampling as phase convolutions": upsampling_as_phase_convolutions,
     "controlnet alongside": controlnet_alongside,
+    "geglu in the projection": geglu_in_the_projection,
 }
 
 
