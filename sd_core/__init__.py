@@ -18,6 +18,7 @@ from sd_core.request import (
     EngineSettings,
     GeneratedImage,
     GenerationRequest,
+    LoraSpec,
     Progress,
     Result,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "EngineSettings",
     "GeneratedImage",
     "GenerationRequest",
+    "LoraSpec",
     "ModelError",
     "OutOfMemoryError",
     "Progress",

@@ -22,6 +22,7 @@ from sd_core import images
 from sd_core.acceleration import make_accelerator
 from sd_core.encode_ahead import encode_ahead
 from sd_core.errors import CancelledError, ModelError, OutOfMemoryError
+from sd_core.lora import LoraMerger, lora_name
 from sd_core.memory import check_fits
 from sd_core.models import ModelCache, ModelInfo
 from sd_core.noise import draw_noise_without_waiting
@@ -72,12 +73,14 @@ class Engine:
         self._pipelines: dict[tuple[str, str, tuple[str, ...]], Any] = {}
         self._schedulers: dict[tuple[str, str], Any] = {}
         self._prompts = PromptEmbeddings()
+        self._loras = LoraMerger()
 
     def unload(self) -> None:
         """Free every loaded model from host and GPU memory."""
         self._pipelines.clear()
         self._schedulers.clear()
         self._prompts.clear()
+        self._loras.forget()
         self.accelerator.reset()
         self.cache.unload()
 
@@ -97,6 +100,7 @@ class Engine:
         base, info = self.cache.base_pipeline(request.model)
         controlnets = [self.cache.controlnet(control.model) for control in request.controls]
         _check_compatible(request, info, base, controlnets)
+        self._merge_loras(request, base)
         pipe = self._pipeline_for(request, base, info, controlnets)
         if self.cache.placement.device.type == "cuda":
             draw_noise_without_waiting(pipe, pipe.scheduler)
@@ -133,6 +137,13 @@ class Engine:
         finished = time.perf_counter()
         timings = {"load_s": loaded - started, "generate_s": finished - loaded}
         return Result(images=results, mode=request.mode, timings=timings)
+
+    def _merge_loras(self, request: GenerationRequest, base: Any) -> None:
+        """Merge the request's LoRAs into the model (undoing any others); its prompts then encode anew."""
+        networks = {name: getattr(base, name, None) for name in ("unet", "text_encoder", "text_encoder_2")}
+        networks = {name: network for name, network in networks.items() if network is not None}
+        if self._loras.merge(request.model, networks, request.loras, self.settings.allow_unsafe_pickle):
+            self._prompts.forget(request.model)
 
     def _check_memory(self, width: int, height: int, vae_dtype: torch.dtype) -> None:
         """On CUDA, refuse a (padded) size whose decode cannot fit in the memory left after loading the models."""
@@ -320,6 +331,7 @@ def describe(request: GenerationRequest, info: ModelInfo, seed: int) -> dict[str
             {"model": control.model, "scale": control.scale, "start": control.start, "end": control.end}
             for control in request.controls
         ],
+        "loras": [{"name": lora_name(lora), "path": lora.path, "scale": lora.scale} for lora in request.loras],
     }
     if request.mode != "txt2img":
         metadata["strength"] = request.strength

@@ -35,7 +35,8 @@ _A1111_FIELDS = (
 
 def a1111_parameters(metadata: dict[str, Any]) -> str:
     """Format metadata as A1111's ``parameters`` text."""
-    lines = [str(metadata.get("prompt", ""))]
+    tags = "".join(f" <lora:{lora['name']}:{lora['scale']:g}>" for lora in metadata.get("loras", []))
+    lines = [str(metadata.get("prompt", "")) + tags]
     if metadata.get("negative_prompt"):
         lines.append(f"Negative prompt: {metadata['negative_prompt']}")
     pairs = []

@@ -51,3 +51,8 @@ class PromptEmbeddings:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def forget(self, model: str) -> None:
+        """Drop ``model``'s embeddings: its text encoders changed (a LoRA was merged or taken out)."""
+        for key in [key for key in self._entries if key[0] == model]:
+            del self._entries[key]

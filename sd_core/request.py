@@ -36,6 +36,14 @@ class ControlSpec:
     end: float = 1.0
 
 
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA merged into the model for this request: its file and how strongly (1.0 as trained)."""
+
+    path: str
+    scale: float = 1.0
+
+
 @dataclass
 class GenerationRequest:
     """Everything one generation needs. The mode follows from which images are given."""
@@ -46,6 +54,7 @@ class GenerationRequest:
     image: np.ndarray | None = None
     mask: np.ndarray | None = None
     controls: tuple[ControlSpec, ...] = ()
+    loras: tuple[LoraSpec, ...] = ()
     width: int | None = None
     height: int | None = None
     strength: float = 0.75
@@ -117,6 +126,11 @@ class GenerationRequest:
             self._validate_mask(width, height)
         for index, control in enumerate(self.controls, start=1):
             _validate_control(control, index, width, height)
+        for index, lora in enumerate(self.loras, start=1):
+            if not str(lora.path).strip():
+                raise ValidationError(f"LoRA {index} has no file: choose one or remove it.")
+            if not math.isfinite(lora.scale):
+                raise ValidationError(f"LoRA {index}'s scale must be a number (got {lora.scale}).")
 
     def _validate_strength(self) -> None:
         if not 0.0 < self.strength <= 1.0:
