@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sd_core.acceleration import ACCELERATION_MODES
 from sd_core.errors import SDCoreError, ValidationError
-from sd_core.request import TILINGS, ControlSpec, EngineSettings, GenerationRequest
+from sd_core.request import TILINGS, ControlSpec, EngineSettings, GenerationRequest, LoraSpec
 from sd_core.schedulers import SCHEDULERS
 
 EXIT_USER_ERROR = 2
@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--control-scale", action="append", default=[], type=float, help="one per --controlnet")
     gen.add_argument("--control-start", action="append", default=[], type=float)
     gen.add_argument("--control-end", action="append", default=[], type=float)
+    gen.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=LoraSpec.from_argument,
+        metavar="PATH[:SCALE]",
+        help="LoRA (repeatable)",
+    )
     gen.add_argument("--strength", type=float, default=0.75)
     gen.add_argument("--steps", type=int, default=20)
     gen.add_argument("--guidance", type=float, default=7.0)
@@ -96,6 +104,7 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         image=load_rgb(args.image) if args.image else None,
         mask=load_mask(args.mask) if args.mask else None,
         controls=_controls(args),
+        loras=tuple(args.lora),
         width=args.width,
         height=args.height,
         strength=args.strength,

@@ -13,6 +13,7 @@ import functools
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from sd_core import images
 from sd_core.acceleration import make_accelerator
 from sd_core.encode_ahead import encode_ahead
 from sd_core.errors import CancelledError, ModelError, OutOfMemoryError
-from sd_core.lora import LoraMerger, lora_name
+from sd_core.lora import LoraMerger, check_lora_file, lora_name
 from sd_core.memory import check_fits
 from sd_core.models import ModelCache, ModelInfo
 from sd_core.noise import draw_noise_without_waiting
@@ -96,6 +97,8 @@ class Engine:
     ) -> Result:
         """Validate, load what is needed, and run. Raises ``SDCoreError`` subclasses on artist errors."""
         request.validate()
+        for lora in request.loras:
+            check_lora_file(Path(lora.path).expanduser(), self.settings.allow_unsafe_pickle)
         started = time.perf_counter()
         base, info = self.cache.base_pipeline(request.model)
         controlnets = [self.cache.controlnet(control.model) for control in request.controls]

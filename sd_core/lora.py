@@ -68,23 +68,28 @@ class LoraLayer:
         return (up @ down).mul_(factor).reshape(weight.shape)
 
 
-def read_lora(path: Path, allow_unsafe_pickle: bool) -> list[LoraLayer]:
-    """The layers of the LoRA file at ``path``; ``ModelError`` with an artist's message if it is not one."""
+def check_lora_file(path: Path, allow_unsafe_pickle: bool) -> None:
+    """Refuse a LoRA that cannot be read from its name alone: missing, pickled (unless allowed), not a LoRA file.
+
+    The engine asks before loading the model, so a mistyped path costs no wait for a checkpoint to load.
+    """
     suffix = path.suffix.lower()
     if not path.is_file():
         raise ModelError(f"LoRA not found: '{path}' is not an existing file.")
-    if suffix in PICKLE_SUFFIXES:
-        if not allow_unsafe_pickle:
-            raise UnsafeModelError(
-                f"'{path.name}' is a pickled LoRA ({suffix}), which can run arbitrary code when loaded, so it was "
-                "not opened. Use a .safetensors version, or allow unsafe pickle loading in the preferences if you "
-                "trust its source."
-            )
-        state = _unpickle(path)
-    elif suffix == SAFETENSORS_SUFFIX:
-        state = _read_safetensors(path)
-    else:
+    if suffix in PICKLE_SUFFIXES and not allow_unsafe_pickle:
+        raise UnsafeModelError(
+            f"'{path.name}' is a pickled LoRA ({suffix}), which can run arbitrary code when loaded, so it was not "
+            "opened. Use a .safetensors version, or allow unsafe pickle loading in the preferences if you trust "
+            "its source."
+        )
+    if suffix not in (*PICKLE_SUFFIXES, SAFETENSORS_SUFFIX):
         raise ModelError(f"'{path.name}' is not a LoRA file: use a .safetensors LoRA.")
+
+
+def read_lora(path: Path, allow_unsafe_pickle: bool) -> list[LoraLayer]:
+    """The layers of the LoRA file at ``path``; ``ModelError`` with an artist's message if it is not one."""
+    check_lora_file(path, allow_unsafe_pickle)
+    state = _read_safetensors(path) if path.suffix.lower() == SAFETENSORS_SUFFIX else _unpickle(path)
     return parse_lora(state, path.name)
 
 

@@ -43,6 +43,18 @@ class LoraSpec:
     path: str
     scale: float = 1.0
 
+    @classmethod
+    def from_argument(cls, text: str) -> LoraSpec:
+        """A command line's ``PATH[:SCALE]``; only a number after the last colon is a scale, so a Windows path
+        (``C:\\loras\\moss.safetensors``) stays whole."""
+        path, colon, scale = text.rpartition(":")
+        if colon:
+            try:
+                return cls(path, float(scale))
+            except ValueError:
+                pass
+        return cls(text)
+
 
 @dataclass
 class GenerationRequest:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from sd_core import LoraSpec
 from sd_core.metadata import parse_a1111_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,3 +92,33 @@ def test_a_pickled_checkpoint_is_refused_without_running_it(tiny_models, tmp_pat
     assert result.returncode == 2
     assert "is a pickled checkpoint" in result.stderr
     assert not marker.exists()
+
+
+def test_a_pickled_lora_is_refused_without_running_it(tiny_models, tmp_path):
+    from sd_core.testing.tiny_models import _TouchMarkerOnUnpickle
+
+    marker = tmp_path / "pwned"
+    torch.save(
+        {"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "trap": _TouchMarkerOnUnpickle(marker)}, tmp_path / "l.pt"
+    )
+    result = sd_core(
+        "--model", str(tiny_models["sd1"]), "--prompt", "x", "--out", str(tmp_path / "o.png"), "--steps", "1",
+        "--device", "cpu", "--lora", f"{tmp_path / 'l.pt'}:0.8",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "is a pickled LoRA" in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "scale"),
+    [
+        ("moss.safetensors", "moss.safetensors", 1.0),
+        ("moss.safetensors:0.6", "moss.safetensors", 0.6),
+        ("/loras/moss.safetensors:-1.5", "/loras/moss.safetensors", -1.5),
+        (r"C:\loras\moss.safetensors", r"C:\loras\moss.safetensors", 1.0),
+        (r"C:\loras\moss.safetensors:2", r"C:\loras\moss.safetensors", 2.0),
+    ],
+)
+def test_a_lora_argument_is_a_path_then_an_optional_scale(text, path, scale):
+    assert LoraSpec.from_argument(text) == LoraSpec(path, scale)
