@@ -94,19 +94,20 @@ def test_a_pickled_checkpoint_is_refused_without_running_it(tiny_models, tmp_pat
     assert not marker.exists()
 
 
-def test_a_pickled_lora_is_refused_without_running_it(tiny_models, tmp_path):
+@pytest.mark.parametrize(("name", "message"), [("l.pt", "is a pickled LoRA"), ("gone.safetensors", "LoRA not found")])
+def test_a_pickled_or_missing_lora_is_refused_before_the_model_loads(tiny_models, tmp_path, name, message):
     from sd_core.testing.tiny_models import _TouchMarkerOnUnpickle
 
     marker = tmp_path / "pwned"
-    torch.save(
-        {"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "trap": _TouchMarkerOnUnpickle(marker)}, tmp_path / "l.pt"
-    )
+    trap = {"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "trap": _TouchMarkerOnUnpickle(marker)}
+    torch.save(trap, tmp_path / "l.pt")
     result = sd_core(
         "--model", str(tiny_models["sd1"]), "--prompt", "x", "--out", str(tmp_path / "o.png"), "--steps", "1",
-        "--device", "cpu", "--lora", f"{tmp_path / 'l.pt'}:0.8",
+        "--device", "cpu", "--lora", f"{tmp_path / name}:0.8",
     )  # fmt: skip
     assert result.returncode == 2
-    assert "is a pickled LoRA" in result.stderr
+    assert message in result.stderr
+    assert "Loading pipeline components" not in result.stderr
     assert not marker.exists()
 
 
