@@ -17,7 +17,7 @@ import bpy
 
 from sd_core.depth import depth_to_control_image
 from sd_core.errors import SDCoreError, ValidationError
-from sd_core.request import ControlSpec, EngineSettings, GenerationRequest, Result
+from sd_core.request import ControlSpec, EngineSettings, GenerationRequest, LoraSpec, Result
 
 from . import capture, viewport, writeback
 from .jobs import Job, JobRunner
@@ -85,6 +85,20 @@ def selected_meshes(context: bpy.types.Context) -> list[bpy.types.Object]:
     return selected
 
 
+def lora_specs(settings: SDSettings) -> tuple[LoraSpec, ...]:
+    """The list's enabled LoRAs with their files made absolute (``//`` is the .blend's folder: the worker has no
+    .blend). A missing file is refused here, before any render or model load, naming the file to fix."""
+    loras = tuple(
+        LoraSpec(bpy.path.abspath(item.path.strip()), item.scale)
+        for item in settings.loras
+        if item.enabled and item.path.strip()
+    )
+    for lora in loras:
+        if not Path(lora.path).expanduser().is_file():
+            raise ValidationError(f"LoRA not found: '{lora.path}' is not a file. Choose it again, or untick it.")
+    return loras
+
+
 @contextmanager
 def _render_size(scene: bpy.types.Scene, settings: SDSettings):
     """Render at the custom size when 'Size from Render' is off; restore the scene's own size after."""
@@ -105,6 +119,7 @@ def plan_generation(context: bpy.types.Context) -> Plan:
     model = settings.model.strip()
     if not model:
         raise ValidationError("No model is configured: pick one in the Stable Diffusion panel (or its preferences).")
+    loras = lora_specs(settings)
     needs_selection = settings.mode == "INPAINT" and settings.source != "IMAGE"
     objects = selected_meshes(context) if (needs_selection or settings.project_to_selected) else []
     if (needs_selection or settings.project_to_selected) and not objects:
@@ -147,6 +162,7 @@ def plan_generation(context: bpy.types.Context) -> Plan:
         image=image if settings.mode != "TXT2IMG" else None,
         mask=mask,
         controls=controls,
+        loras=loras,
         width=width,
         height=height,
         strength=settings.strength,

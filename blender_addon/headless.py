@@ -29,11 +29,21 @@ EXIT_USER_ERROR = 2
 
 def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The arguments every headless command shares: the file, the models, the prompt, where results go."""
+    from sd_core.request import LoraSpec
+
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--blend", type=Path, help="the .blend to open (omit inside `blender -b file.blend`)")
     parser.add_argument("--model", required=True, help="checkpoint file, diffusers folder or hub id")
     parser.add_argument("--controlnet", default="", help="depth ControlNet model (omit for no depth control)")
     parser.add_argument("--control-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=LoraSpec.from_argument,
+        metavar="PATH[:SCALE]",
+        help="a LoRA to merge, at SCALE (1 as trained) if given (repeatable)",
+    )
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--steps", type=int, default=20)
@@ -136,7 +146,10 @@ def _ensure_registered() -> None:
 
 
 def _apply_arguments(args: argparse.Namespace) -> None:
+    """Fill the panel's settings, so that a headless run plans exactly as the Generate button does."""
     import bpy
+
+    from .properties import set_loras
 
     scene = bpy.context.scene
     settings = scene.sd_settings
@@ -154,6 +167,7 @@ def _apply_arguments(args: argparse.Namespace) -> None:
     settings.use_depth = bool(args.controlnet)
     settings.depth_model = args.controlnet
     settings.depth_scale = args.control_scale
+    set_loras(settings, ({"path": lora.path, "scale": lora.scale} for lora in args.lora))
     settings.project_to_selected = args.project
     settings.capture_samples = args.capture_samples
     settings.bake_resolution = args.texture_size

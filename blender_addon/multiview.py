@@ -329,6 +329,7 @@ class SD_OT_multiview_texture(bpy.types.Operator):
         scene = context.scene
         settings, sd = scene.sd_multiview, scene.sd_settings
         try:
+            loras = generation.lora_specs(sd)  # a missing file is refused before the renders
             objects = _selected_meshes(context)
             if settings.camera_source == "RING" and not multiview_cameras(scene, "RING"):
                 bpy.ops.sd.multiview_cameras()
@@ -358,7 +359,7 @@ class SD_OT_multiview_texture(bpy.types.Operator):
         job_runner = generation.runner(get_preferences(context).engine_settings())
 
         def texture_all_views(engine: Engine, job: Job) -> tuple[MultiViewResult, list[bytes]]:
-            generate = engine_generator(engine, should_cancel=job.should_cancel, **generation_settings)
+            generate = engine_generator(engine, loras=loras, should_cancel=job.should_cancel, **generation_settings)
             on_view = lambda index, total: job_runner.report(job, Progress(index + 1, total, 0))  # noqa: E731
             result = run_multiview(plan, generate, on_view=on_view)
             return result, encode_textures(result)

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> list[str]:
     engine = Engine(headless.engine_settings(args))
     generate = engine_generator(
         engine,
+        loras=tuple(args.lora),
         model=args.model,
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,

@@ -186,7 +186,48 @@ class SD_OT_apply_preset(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (SD_OT_generate, SD_OT_cancel, SD_OT_unload_models, SD_OT_restore_history, SD_OT_apply_preset)
+class SD_OT_lora_add(bpy.types.Operator):
+    """Add a LoRA to the list (then choose its file)"""
+
+    bl_idname = "sd.lora_add"
+    bl_label = "Add LoRA"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.sd_settings
+        settings.loras.add()
+        settings.lora_index = len(settings.loras) - 1
+        return {"FINISHED"}
+
+
+class SD_OT_lora_remove(bpy.types.Operator):
+    """Remove the active LoRA from the list"""
+
+    bl_idname = "sd.lora_remove"
+    bl_label = "Remove LoRA"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        settings = context.scene.sd_settings
+        return 0 <= settings.lora_index < len(settings.loras)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.sd_settings
+        settings.loras.remove(settings.lora_index)
+        settings.lora_index = min(settings.lora_index, len(settings.loras) - 1)
+        return {"FINISHED"}
+
+
+CLASSES = (
+    SD_OT_generate,
+    SD_OT_cancel,
+    SD_OT_unload_models,
+    SD_OT_restore_history,
+    SD_OT_apply_preset,
+    SD_OT_lora_add,
+    SD_OT_lora_remove,
+)
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 

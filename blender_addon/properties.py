@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import bpy
@@ -44,6 +45,27 @@ TILINGS = [
     ("y", "Y", "Tile top-bottom"),
     ("xy", "Both", "Tile in both directions"),
 ]
+
+
+class SDLoraItem(bpy.types.PropertyGroup):
+    """One row of the LoRA list: merged into the model while enabled."""
+
+    path: StringProperty(  # type: ignore[valid-type]
+        name="LoRA",
+        subtype="FILE_PATH",
+        options={"PATH_SUPPORTS_BLEND_RELATIVE"},  # a '//' path travels with the .blend
+        description="A LoRA file (.safetensors: kohya/A1111, diffusers or PEFT)",
+    )
+    scale: FloatProperty(  # type: ignore[valid-type]
+        name="Scale",
+        default=1.0,
+        soft_min=-2.0,
+        soft_max=2.0,
+        min=-10.0,
+        max=10.0,
+        description="How strongly the LoRA applies: 1 as trained, 0 not at all, below 0 its opposite",
+    )
+    enabled: BoolProperty(name="Enabled", default=True, description="Use this LoRA")  # type: ignore[valid-type]
 
 
 class SDSettings(bpy.types.PropertyGroup):
@@ -93,6 +115,8 @@ class SDSettings(bpy.types.PropertyGroup):
         name="Depth Model", search=_model_search("controlnet"), search_options={"SUGGESTION"}
     )
     depth_scale: FloatProperty(name="Depth Strength", default=1.0, min=0.0, max=2.0)  # type: ignore[valid-type]
+    loras: CollectionProperty(name="LoRAs", type=SDLoraItem)  # type: ignore[valid-type]
+    lora_index: IntProperty(name="Active LoRA", default=0)  # type: ignore[valid-type]
     mask_grow: IntProperty(name="Grow Mask", default=4, min=0, max=128, subtype="PIXEL")  # type: ignore[valid-type]
     mask_feather: IntProperty(name="Feather", default=4, min=0, max=128, subtype="PIXEL")  # type: ignore[valid-type]
     tiling: EnumProperty(name="Seamless", items=TILINGS, default="none")  # type: ignore[valid-type]
@@ -128,14 +152,34 @@ RESTORABLE = (
 )
 
 
+# What a snapshot keeps of each LoRA row, under the key "loras" (a list can't be one flat value).
+LORA_FIELDS = ("path", "scale", "enabled")
+
+
 def settings_snapshot(settings: SDSettings) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in RESTORABLE}
+    snapshot = {name: getattr(settings, name) for name in RESTORABLE}
+    snapshot["loras"] = [{name: getattr(item, name) for name in LORA_FIELDS} for item in settings.loras]
+    return snapshot
 
 
 def restore_settings(settings: SDSettings, values: dict[str, Any]) -> None:
+    """Set what ``values`` names; the LoRA list only when it is there, so a preset keeps the artist's LoRAs."""
     for name, value in values.items():
         if name in RESTORABLE:
             setattr(settings, name, value)
+    if "loras" in values:
+        set_loras(settings, values["loras"])
+
+
+def set_loras(settings: SDSettings, rows: Iterable[dict[str, Any]]) -> None:
+    """Replace the LoRA list with ``rows`` (fields of ``LORA_FIELDS``; a missing one keeps its default)."""
+    settings.loras.clear()
+    for row in rows:
+        item = settings.loras.add()
+        for name in LORA_FIELDS:
+            if name in row:
+                setattr(item, name, row[name])
+    settings.lora_index = len(settings.loras) - 1
 
 
 class SDHistoryItem(bpy.types.PropertyGroup):
@@ -164,7 +208,7 @@ PRESET_ITEMS = [
     ("FAST_DRAFT", "Fast Draft", "Few steps for quick iteration"),
 ]
 
-CLASSES = (SDSettings, SDHistoryItem)
+CLASSES = (SDLoraItem, SDSettings, SDHistoryItem)  # a property group before the settings that hold it
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 

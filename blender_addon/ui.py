@@ -12,6 +12,16 @@ class SD_UL_history(bpy.types.UIList):
         layout.label(text=item.label, icon="IMAGE_DATA")
 
 
+class SD_UL_loras(bpy.types.UIList):
+    def draw_item(self, _context, layout, _data, item, _icon, _active_data, _active_prop, _index=0, _flt_flag=0):
+        row = layout.row(align=True)
+        row.prop(item, "enabled", text="")
+        split = row.split(factor=0.7, align=True)
+        split.active = item.enabled
+        split.prop(item, "path", text="")
+        split.prop(item, "scale", text="")
+
+
 class SidebarPanel:
     """Where every panel of the add-on lives: 3D Viewport > Sidebar > SD."""
 
@@ -80,6 +90,19 @@ class SD_PT_sampling(SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "tiling")
 
 
+class SD_PT_loras(SidebarPanel, bpy.types.Panel):
+    bl_label = "LoRAs"
+    bl_parent_id = "SD_PT_main"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.sd_settings
+        row = self.layout.row()
+        row.template_list("SD_UL_loras", "", settings, "loras", settings, "lora_index", rows=2)
+        col = row.column(align=True)
+        col.operator("sd.lora_add", icon="ADD", text="")
+        col.operator("sd.lora_remove", icon="REMOVE", text="")
+
+
 class SD_PT_control(SidebarPanel, bpy.types.Panel):
     bl_label = "Depth, Mask & Projection"
     bl_parent_id = "SD_PT_main"
@@ -114,6 +137,6 @@ class SD_PT_history(SidebarPanel, bpy.types.Panel):
         self.layout.operator("sd.restore_history", icon="RECOVER_LAST")
 
 
-CLASSES = (SD_UL_history, SD_PT_main, SD_PT_sampling, SD_PT_control, SD_PT_history)
+CLASSES = (SD_UL_history, SD_UL_loras, SD_PT_main, SD_PT_sampling, SD_PT_loras, SD_PT_control, SD_PT_history)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

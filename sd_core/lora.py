@@ -167,9 +167,11 @@ class LoraMerger:
     """The LoRAs merged into each loaded model's networks, and the originals of the weights they changed."""
 
     def __init__(self) -> None:
-        # Per model: which LoRAs are merged (their files' identities and scales), and the originals.
+        # Per model: which LoRAs are merged (their files' identities and scales), the originals of the weights
+        # they changed, and the names a LoRA may give each layer of each network (worked out once).
         self._merged: dict[str, tuple[tuple, ...]] = {}
         self._originals: dict[str, dict[tuple[str, str], torch.Tensor]] = {}
+        self._names: dict[str, dict[str, dict[str, str]]] = {}
 
     def merge(
         self, model: str, networks: Mapping[str, torch.nn.Module], loras: Iterable[LoraSpec], allow_pickle: bool
@@ -182,18 +184,25 @@ class LoraMerger:
         wanted = tuple(_identity(lora) for lora in loras)
         if self._merged.get(model, ()) == wanted:
             return False
+        if model not in self._names:
+            self._names[model] = {
+                network: layer_names(module, network == "unet") for network, module in networks.items()
+            }
         deltas: dict[tuple[str, str], torch.Tensor] = {}
         for lora in loras:
             path = Path(lora.path).expanduser()
-            for key, delta in _placed(read_lora(path, allow_pickle), networks, path.name, lora.scale):
+            layers = read_lora(path, allow_pickle)
+            for key, delta in _placed(layers, networks, self._names[model], path.name, lora.scale):
                 deltas[key] = deltas[key] + delta if key in deltas else delta
         originals = self._originals.setdefault(model, {})
         with torch.no_grad():
             for key in set(originals) | set(deltas):
                 weight = networks[key[0]].get_submodule(key[1]).weight
                 if key not in originals:
-                    originals[key] = weight.detach().to("cpu", copy=True)
-                original = originals[key].to(weight.device)
+                    # pinned: copied back at the host link's full speed when the LoRA is switched or taken out
+                    pinned = torch.cuda.is_available() and weight.is_cuda
+                    originals[key] = torch.empty_like(weight, device="cpu", pin_memory=pinned).copy_(weight)
+                original = originals[key].to(weight.device, non_blocking=True)
                 weight.copy_((original.float() + deltas[key]).to(weight.dtype) if key in deltas else original)
         self._merged[model] = wanted
         return True
@@ -203,6 +212,7 @@ class LoraMerger:
         for known in [model] if model is not None else list(self._merged):
             self._merged.pop(known, None)
             self._originals.pop(known, None)
+            self._names.pop(known, None)
 
 
 def _identity(lora: LoraSpec) -> tuple:
@@ -216,12 +226,13 @@ def _identity(lora: LoraSpec) -> tuple:
 
 
 def _placed(
-    layers: list[LoraLayer], networks: Mapping[str, torch.nn.Module], file_name: str, scale: float
+    layers: list[LoraLayer],
+    networks: Mapping[str, torch.nn.Module],
+    names: Mapping[str, Mapping[str, str]],
+    file_name: str,
+    scale: float,
 ) -> Iterable[tuple[tuple[str, str], torch.Tensor]]:
     """Each layer's module and its update; ``ModelError`` if a layer has no place in these networks."""
-    names = {
-        network: layer_names(module, network == "unet") for network, module in networks.items() if module is not None
-    }
     placed = []
     for layer in layers:
         module_path = names.get(layer.network, {}).get(layer.name)

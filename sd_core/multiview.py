@@ -46,7 +46,7 @@ from sd_core.projection import (
     sample_bilinear,
     texel_surface,
 )
-from sd_core.request import ControlSpec, GenerationRequest
+from sd_core.request import ControlSpec, GenerationRequest, LoraSpec
 
 if TYPE_CHECKING:
     from sd_core.engine import CancelCheck, Engine
@@ -591,6 +591,7 @@ def engine_generator(
     strength: float = 1.0,
     seed: int = 0,
     scheduler: str = "dpmpp_2m_karras",
+    loras: tuple[LoraSpec, ...] = (),
     should_cancel: CancelCheck | None = None,
 ) -> ViewGenerator:
     """A generator that inpaints each view through the engine's public API, depth-conditioned when asked.
@@ -606,6 +607,7 @@ def engine_generator(
         height, width = task.mask.shape
         request = GenerationRequest(
             model=model,
+            loras=loras,
             prompt=f"{prompt}, {task.direction}" if prompt else task.direction,
             negative_prompt=negative_prompt,
             image=task.image,

@@ -20,6 +20,23 @@ from sd_core.request import EngineSettings
 
 ADDON = "blender_addon"
 CPU = EngineSettings(device="cpu")
+# The tiny SD1 UNet's first self-attention query: a 32x32 weight, in kohya's naming.
+LORA_LAYER = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def write_tiny_lora(path: Path, width: int = 32) -> Path:
+    """A rank-2 kohya LoRA on ``LORA_LAYER``; another ``width`` makes one for a model with other layer sizes."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        f"{LORA_LAYER}.lora_down.weight": torch.randn(2, width, generator=generator),
+        f"{LORA_LAYER}.lora_up.weight": torch.randn(width, 2, generator=generator),
+        f"{LORA_LAYER}.alpha": torch.tensor(2.0),
+    }
+    save_file(tensors, str(path))
+    return path
 
 
 @pytest.fixture
@@ -95,7 +112,7 @@ class RecordingLayout:
         return record
 
 
-@pytest.mark.parametrize("panel", ["SD_PT_main", "SD_PT_sampling", "SD_PT_control", "SD_PT_history"])
+@pytest.mark.parametrize("panel", ["SD_PT_main", "SD_PT_sampling", "SD_PT_loras", "SD_PT_control", "SD_PT_history"])
 @pytest.mark.parametrize("mode", ["TXT2IMG", "IMG2IMG", "INPAINT"])
 def test_panels_draw_every_mode(addon, panel, mode):
     settings = bpy.context.scene.sd_settings
@@ -222,12 +239,74 @@ def test_a_png_the_worker_could_not_write_is_written_and_reported_by_blender(sti
 
 
 def test_history_restores_the_settings_that_made_an_image(still_life):
-    generation, job = _run(still_life)
-    generation.apply_finished(job)
     settings = still_life.settings
+    lora_rows = [(str(write_tiny_lora(still_life.out / "moss.safetensors")), 0.5, True), ("//unused.pt", -1.0, False)]
+    for row in lora_rows:
+        item = settings.loras.add()
+        item.path, item.scale, item.enabled = row
+    generation, job = _run(still_life)
+    assert job.state == "done", job.error
+    generation.apply_finished(job)
     settings.prompt, settings.steps, settings.seed = "something else", 9, 77
+    settings.loras.clear()
+    settings.loras.add().path = "//other.safetensors"
     bpy.ops.sd.restore_history(index=0)
     assert (settings.prompt, settings.steps, settings.seed) == ("a bronze plaque", 2, 5)
+    assert [(item.path, item.scale, item.enabled) for item in settings.loras] == lora_rows
+    bpy.ops.sd.apply_preset(preset="FAST_DRAFT")  # a preset sets up a task and keeps the artist's LoRAs
+    assert [(item.path, item.scale, item.enabled) for item in settings.loras] == lora_rows
+
+
+def test_the_lora_list_adds_removes_and_draws_its_rows(addon):
+    settings = bpy.context.scene.sd_settings
+    assert not bpy.ops.sd.lora_remove.poll()  # nothing to remove yet
+    for _ in range(3):
+        assert bpy.ops.sd.lora_add() == {"FINISHED"}
+    assert (len(settings.loras), settings.lora_index) == (3, 2)
+    assert (settings.loras[0].scale, settings.loras[0].enabled) == (1.0, True)  # as trained, on
+    settings.loras[1].path = "//middle.safetensors"
+    settings.lora_index = 1
+    bpy.ops.sd.lora_remove()
+    assert len(settings.loras) == 2 and all(item.path != "//middle.safetensors" for item in settings.loras)
+    assert settings.lora_index == 1  # the row that took its place
+    bpy.ops.sd.lora_remove()
+    assert settings.lora_index == 0  # the last row went: its neighbour above is active
+    calls: list = []
+    bpy.types.SD_UL_loras.draw_item(None, bpy.context, RecordingLayout(calls), settings, settings.loras[0], 0, None, "")
+    assert [call[1][1] for call in calls if call[0] == "prop"] == ["enabled", "path", "scale"]
+
+
+def test_the_panels_ticked_loras_reach_the_request(still_life, tmp_path):
+    """Rows with a file that are ticked, in list order, with their scales; '//' is the .blend's folder."""
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    (tmp_path / "loras").mkdir()
+    moss, rust = tmp_path / "loras" / "moss.safetensors", tmp_path / "rust.safetensors"
+    moss.touch()
+    rust.touch()
+    settings = bpy.context.scene.sd_settings
+    for path, scale, enabled in [
+        ("//loras/moss.safetensors", 0.5, True),
+        (str(rust), -1.5, False),
+        ("  ", 1.0, True),
+        (str(rust), 1.25, True),
+    ]:
+        item = settings.loras.add()
+        item.path, item.scale, item.enabled = path, scale, enabled
+    plan = sys.modules[f"{ADDON}.generation"].plan_generation(bpy.context)
+    assert [(Path(lora.path), lora.scale) for lora in plan.request.loras] == [(moss, 0.5), (rust, 1.25)]
+    assert all(Path(lora.path).is_absolute() for lora in plan.request.loras)  # the worker has no .blend
+
+
+def test_a_lora_for_another_model_fails_the_job_with_its_reason(still_life):
+    """Read on the worker: the job fails with a message naming the file, and nothing is written back."""
+    item = still_life.settings.loras.add()
+    item.path = str(write_tiny_lora(still_life.out / "sdxl_style.safetensors", width=64))
+    images_before = len(bpy.data.images)
+    generation, job = _run(still_life)
+    assert job.state == "failed"
+    assert "'sdxl_style.safetensors' does not fit this model" in job.error
+    assert generation.apply_finished(job) == []
+    assert len(bpy.data.images) == images_before and len(bpy.context.scene.sd_history) == 0
 
 
 def test_results_never_replace_the_users_images(still_life):
@@ -274,8 +353,9 @@ def test_cancel_stops_the_job_and_writes_nothing(still_life):
         (lambda s: setattr(s.settings, "model", ""), "No model is configured"),
         (lambda s: s.front.select_set(False) or setattr(s.settings, "mode", "INPAINT"), "Select the mesh"),
         (lambda s: setattr(s.settings, "depth_model", ""), "no depth model"),
+        (lambda s: setattr(s.settings.loras.add(), "path", str(s.out / "gone.safetensors")), "LoRA not found.*gone"),
     ],
-    ids=["no-camera", "no-model", "nothing-selected", "no-depth-model"],
+    ids=["no-camera", "no-model", "nothing-selected", "no-depth-model", "missing-lora"],
 )
 def test_bad_input_reports_clearly_and_leaves_the_scene_intact(still_life, break_scene, message):
     break_scene(still_life)
@@ -371,6 +451,37 @@ def test_headless_command_textures_and_saves_a_copy(still_life, tiny_models, tmp
     with pytest.raises(SystemExit) as refused:  # argparse's one line and exit code
         headless.main([*common, "--out", str(out), "--capture-samples", "-1"])
     assert refused.value.code == 2
+
+
+@pytest.mark.usefixtures("still_life")  # not an argument: opening the .blend frees its objects, which a report reprs
+def test_headless_lora_changes_the_image_and_is_recorded(tiny_models, tmp_path, capsys):
+    """``--lora PATH:SCALE`` fills the panel's list, so it plans like the Generate button; the same seed without it
+    gives another image, and the PNG names the LoRA as A1111 does."""
+    from blender_addon import headless
+
+    blend = tmp_path / "input.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    moss = write_tiny_lora(tmp_path / "moss.safetensors")
+    common = ["--blend", str(blend), "--model", str(tiny_models["sd1_single"]), "--prompt", "rust", "--steps", "2"]
+    common += ["--seed", "9", "--device", "cpu", "--capture-samples", "1"]
+    assert headless.main([*common, "--out", str(tmp_path / "with"), "--lora", f"{moss}:0.5"]) == 0
+    settings = bpy.context.scene.sd_settings
+    assert [(item.path, item.scale, item.enabled) for item in settings.loras] == [(str(moss), 0.5, True)]
+    recorded = json.loads(settings.last_result["sd_parameters"])["loras"]
+    assert recorded == [{"name": "moss", "path": str(moss), "scale": 0.5}]
+    assert headless.main([*common, "--out", str(tmp_path / "without")]) == 0
+    (with_lora,), (without,) = (list((tmp_path / folder).glob("*.png")) for folder in ("with", "without"))
+    with Image.open(with_lora) as file:
+        assert file.text["parameters"].split("\n")[0] == "rust <lora:moss:0.5>"
+        pixels_with = np.asarray(file.convert("RGB"), dtype=np.int16)
+    with Image.open(without) as file:
+        assert "<lora:" not in file.text["parameters"]
+        pixels_without = np.asarray(file.convert("RGB"), dtype=np.int16)
+    assert np.abs(pixels_with - pixels_without).mean() > 0.25  # 1.2 of 255 measured; the same image gives 0
+    missing = str(tmp_path / "nope.safetensors")
+    assert headless.main([*common, "--out", str(tmp_path / "never"), "--lora", missing]) == 2
+    assert f"LoRA not found: '{missing}'" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize(

@@ -119,23 +119,21 @@ def test_fused_seams_are_weaker_than_last_view_wins(scene, pair) -> None:
     assert cube_ours < 1.1 * cube_naive
 
 
-def test_headless_command_with_the_tiny_models(scene, pair, tiny_models, tmp_path) -> None:
+def test_headless_command_with_the_tiny_models(scene, pair, tiny_models, tmp_path, capsys) -> None:
     """The whole loop through the engine: depth-ControlNet inpainting per view, baked and saved."""
     from blender_addon import multiview_headless
 
     blend = tmp_path / "pair.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
     out = tmp_path / "out"
-    code = multiview_headless.main(
-        [
-            "--blend", str(blend), "--model", str(tiny_models["sd1"]),
-            "--controlnet", str(tiny_models["sd1_controlnet"]),
-            "--prompt", "a bronze statue", "--select", "Cube", "--select", "Sphere", "--count", "3", "--top",
-            "--size", str(VIEW_SIZE), "--texture-size", "64", "--steps", "2", "--device", "cpu",
-            "--out", str(out), "--save-as", str(tmp_path / "textured.blend"),
-        ]
-    )  # fmt: skip
-    assert code == 0
+    arguments = [
+        "--blend", str(blend), "--model", str(tiny_models["sd1"]),
+        "--controlnet", str(tiny_models["sd1_controlnet"]),
+        "--prompt", "a bronze statue", "--select", "Cube", "--select", "Sphere", "--count", "3", "--top",
+        "--size", str(VIEW_SIZE), "--texture-size", "64", "--steps", "2", "--device", "cpu",
+        "--out", str(out), "--save-as", str(tmp_path / "textured.blend"),
+    ]  # fmt: skip
+    assert multiview_headless.main(arguments) == 0
     assert sorted(path.name for path in out.iterdir()) == [
         "Cube_texture.png",
         "Sphere_texture.png",
@@ -155,6 +153,30 @@ def test_headless_command_with_the_tiny_models(scene, pair, tiny_models, tmp_pat
         nodes = bpy.data.objects[name].active_material.node_tree.nodes
         assert any(node.bl_idname == "ShaderNodeTexImage" and node.image == image for node in nodes)
     assert len([image for image in bpy.data.images if image.name.startswith(multiview.PREVIEW_PREFIX)]) == 4
+    missing = str(tmp_path / "gone.safetensors")  # reaches the engine: it is the one that looks for the file
+    assert multiview_headless.main([*arguments, "--lora", f"{missing}:0.7"]) == 2
+    assert f"LoRA not found: '{missing}'" in capsys.readouterr().err
+
+
+def test_every_view_is_generated_with_the_loras(scene, pair) -> None:
+    """``engine_generator`` builds each view's request, each carrying the LoRAs."""
+    from types import SimpleNamespace
+
+    from sd_core.multiview import engine_generator
+    from sd_core.request import LoraSpec
+
+    requests = []
+
+    class RecordingEngine:
+        def generate(self, request, **_options):
+            requests.append(request)
+            return SimpleNamespace(images=[SimpleNamespace(pixels=request.image)])
+
+    loras = [LoraSpec("/loras/moss.safetensors", 0.5), LoraSpec("/loras/rust.safetensors", -1.0)]
+    generate = engine_generator(RecordingEngine(), loras=tuple(loras), model="m", prompt="moss", steps=3)
+    multiview.run_multiview(plan_for(scene, pair, count=2, top=False), generate)
+    assert len(requests) == 2
+    assert all(request.loras == tuple(loras) and request.steps == 3 for request in requests)
 
 
 def test_bad_input_is_refused_before_rendering(scene, pair) -> None:
@@ -212,6 +234,12 @@ def test_the_texture_button_runs_on_the_shared_job_runner(scene, pair, tiny_mode
         settings.steps, settings.prompt = 2, "painted wood"
         scene.sd_multiview.count, scene.sd_multiview.top, scene.sd_multiview.size = 2, False, 64
         scene.sd_multiview.texture_size = 64
+        missing = settings.loras.add()
+        missing.path = "//gone.safetensors"
+        with bpy.context.temp_override(selected_objects=pair), pytest.raises(RuntimeError, match="LoRA not found"):
+            bpy.ops.sd.multiview_texture()
+        assert not multiview.multiview_cameras(scene, "RING")  # refused before placing cameras or rendering
+        missing.enabled = False  # an unticked row is left out
         with bpy.context.temp_override(selected_objects=pair):
             assert bpy.ops.sd.multiview_texture() == {"FINISHED"}
         deadline = time.monotonic() + 120

@@ -1,0 +1,125 @@
+"""What a LoRA costs on a CUDA GPU: merging it into a loaded real-size model, switching it, taking it out.
+
+Real-size random-weight SD1.5 or SDXL (``gpu_benchmark.build_random_models``) and a random kohya-layout LoRA of
+rank 32 on the layers kohya's scripts train by default: every attention projection, feed-forward and
+projection in/out of the UNet, and the text encoders' attention and MLP layers. sd_core with its default
+acceleration (CUDA graphs) times a whole request with nothing to merge, and the merge alone in each of its
+three cases: a LoRA in (the originals copied to host memory first), another scale (merged onto the kept
+originals), and out again (the originals copied back). It checks that the accelerated pixels with the LoRA
+match sd_core's with acceleration off on the same weights, and that taking the LoRA out gives back the first
+image bit for bit.
+
+    python benchmarks/lora_benchmark.py --family sdxl --out benchmarks/results/lora-sdxl.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpu_benchmark import build_random_models
+
+from sd_core import EngineSettings, GenerationRequest, LoraSpec
+from sd_core.engine import Engine
+
+RANK = 32
+TRAINED = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+TRAINED += ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+SIZES = {"sd1": 512, "sdxl": 1024}
+
+
+def write_lora(engine: Engine, model: str, out: Path) -> tuple[Path, int]:
+    """A random kohya LoRA on the trained layers of ``model``'s networks; returns its path and layer count."""
+    base = engine.cache.base_pipeline(model)[0]
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    generator = torch.Generator().manual_seed(0)
+    state: dict[str, torch.Tensor] = {}
+    for network, prefix in prefixes.items():
+        module = getattr(base, network, None)
+        if module is None:
+            continue
+        for path, layer in module.named_modules():
+            if not isinstance(layer, torch.nn.Linear | torch.nn.Conv2d) or not path.endswith(TRAINED):
+                continue
+            if network != "unet" and not path.startswith("text_model."):
+                path = f"text_model.{path}"  # as LoRA files name CLIP's layers
+            stem = prefix + path.replace(".", "_")
+            shape = layer.weight.shape
+            state[f"{stem}.lora_down.weight"] = torch.randn((RANK, *shape[1:]), generator=generator).half() / 100
+            up_shape = (shape[0], RANK, *([1] * (len(shape) - 2)))
+            state[f"{stem}.lora_up.weight"] = torch.randn(up_shape, generator=generator).half() / 100
+            state[f"{stem}.alpha"] = torch.tensor(float(RANK))
+    save_file(state, str(out))
+    return out, len(state) // 3
+
+
+def request(model: str, family: str, *loras: LoraSpec) -> GenerationRequest:
+    size = SIZES[family]
+    return GenerationRequest(model=model, prompt="moss", steps=20, seed=1, width=size, height=size, loras=loras)
+
+
+def merge_ms(engine: Engine, model: str, family: str, *loras: LoraSpec) -> float:
+    base = engine.cache.base_pipeline(model)[0]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    engine._merge_loras(request(model, family, *loras), base)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000
+
+
+def request_ms(engine: Engine, model: str, family: str, *loras: LoraSpec) -> tuple[float, np.ndarray]:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    pixels = engine.generate(request(model, family, *loras)).images[0].pixels
+    return (time.perf_counter() - start) * 1000, pixels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=list(SIZES), default="sd1")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    report: dict[str, Any] = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "unit": "ms"}
+    with tempfile.TemporaryDirectory() as folder:
+        model = str(build_random_models(args.family, Path(folder))[0])
+        engine = Engine(EngineSettings(device="cuda"))
+        path, layers = write_lora(engine, model, Path(folder) / "style.safetensors")
+        report |= {"family": args.family, "lora layers": layers, "rank": RANK, "lora MB": path.stat().st_size / 1e6}
+        full, half = LoraSpec(str(path), 1.0), LoraSpec(str(path), 0.5)
+        request_ms(engine, model, args.family)  # load, prepare and capture
+        plain = [request_ms(engine, model, args.family) for _ in range(args.repeats)]
+        report["request without a LoRA"] = float(np.median([ms for ms, _ in plain]))
+        merges: dict[str, list[float]] = {"in": [], "another scale": [], "out": []}
+        for _ in range(args.repeats):
+            merges["in"].append(merge_ms(engine, model, args.family, full))
+            merges["another scale"].append(merge_ms(engine, model, args.family, half))
+            merges["out"].append(merge_ms(engine, model, args.family))
+        report |= {f"merge {name}": float(np.median(times)) for name, times in merges.items()}
+        with_lora = [request_ms(engine, model, args.family, half) for _ in range(args.repeats)]
+        report["request with the LoRA merged"] = float(np.median([ms for ms, _ in with_lora]))
+        _, back = request_ms(engine, model, args.family)
+        report["without the LoRA again: same bits"] = bool(np.array_equal(back, plain[0][1]))
+        report["max difference the LoRA makes"] = float(np.abs(with_lora[0][1] - plain[0][1]).max())
+        reference = Engine(EngineSettings(device="cuda", acceleration="off"))
+        _, expected = request_ms(reference, model, args.family, half)
+        report["max difference to acceleration off, with the LoRA"] = float(np.abs(with_lora[0][1] - expected).max())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
