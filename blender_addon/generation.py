@@ -22,7 +22,7 @@ from sd_core.request import ControlSpec, EngineSettings, GenerationRequest, Lora
 from . import capture, viewport, writeback
 from .jobs import Job, JobRunner
 from .preferences import get_preferences
-from .properties import SDSettings
+from .properties import SDSettings, settings_snapshot
 
 _runner: JobRunner | None = None
 
@@ -62,6 +62,8 @@ class Plan:
     # Meshes to project the result onto, read from Blender now; the projecting itself runs on the worker.
     surfaces: list[Any] = field(default_factory=list)
     bake_resolution: int = 1024
+    # The panel's settings as Generate was clicked, for the history (the artist may edit them while it runs).
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,13 @@ def plan_generation(context: bpy.types.Context) -> Plan:
 
         surfaces = bake.read_surfaces(objects)
     return Plan(
-        request, scene.name, writeback.output_folder(settings), camera_capture, surfaces, settings.bake_resolution
+        request,
+        scene.name,
+        writeback.output_folder(settings),
+        camera_capture,
+        surfaces,
+        settings.bake_resolution,
+        settings_snapshot(settings),
     )
 
 
@@ -241,7 +249,7 @@ def apply_finished(job: Job) -> list[bpy.types.Image]:
             image = writeback.write_result(generated, settings)
         else:
             image = writeback.load_result(generated, written)
-        writeback.add_history(scene, image, generated.seed)
+        writeback.add_history(scene, image, plan.settings, generated.seed)
         created.append(image)
     if created:
         settings.last_result = created[0]

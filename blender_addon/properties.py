@@ -127,7 +127,10 @@ class SDSettings(bpy.types.PropertyGroup):
     )
     bake_resolution: IntProperty(name="Texture Size", default=1024, min=64, max=8192)  # type: ignore[valid-type]
     output_dir: StringProperty(  # type: ignore[valid-type]
-        name="Output Folder", default="//sd_output/", subtype="DIR_PATH"
+        name="Output Folder",
+        default="//sd_output/",
+        subtype="DIR_PATH",
+        options={"PATH_SUPPORTS_BLEND_RELATIVE"},  # Blender 5 warns of a '//' path on a property without it
     )
     last_result: PointerProperty(name="Last Result", type=bpy.types.Image)  # type: ignore[valid-type]
 

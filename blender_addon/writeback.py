@@ -11,6 +11,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import bpy
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from sd_core.metadata import save_png
 from sd_core.request import GeneratedImage
 
-from .properties import SDSettings, settings_snapshot
+from .properties import SDSettings
 
 PREVIEW_IMAGE = "SD Preview"
 
@@ -74,11 +75,10 @@ def load_result(generated: GeneratedImage, path: Path) -> bpy.types.Image:
     return image
 
 
-def add_history(scene: bpy.types.Scene, image: bpy.types.Image, seed: int) -> None:
-    """Record the scene settings that produced ``image`` (with its actual seed) for later restore."""
-    settings = scene.sd_settings
-    snapshot = settings_snapshot(settings)
-    snapshot["seed"] = seed
+def add_history(scene: bpy.types.Scene, image: bpy.types.Image, settings: dict[str, Any], seed: int) -> None:
+    """Record the settings that produced ``image`` (``settings_snapshot`` as Generate was clicked, with the image's
+    actual seed) for later restore."""
+    snapshot = {**settings, "seed": seed}
     item = scene.sd_history.add()
     item.label = image.name
     item.image = image

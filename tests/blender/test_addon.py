@@ -246,10 +246,11 @@ def test_history_restores_the_settings_that_made_an_image(still_life):
         item.path, item.scale, item.enabled = row
     generation, job = _run(still_life)
     assert job.state == "done", job.error
-    generation.apply_finished(job)
+    # the artist edits the panel while the image is made: the history keeps what Generate was clicked with
     settings.prompt, settings.steps, settings.seed = "something else", 9, 77
     settings.loras.clear()
     settings.loras.add().path = "//other.safetensors"
+    generation.apply_finished(job)
     bpy.ops.sd.restore_history(index=0)
     assert (settings.prompt, settings.steps, settings.seed) == ("a bronze plaque", 2, 5)
     assert [(item.path, item.scale, item.enabled) for item in settings.loras] == lora_rows
