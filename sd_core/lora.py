@@ -14,11 +14,13 @@ original ``input_blocks`` names) or diffusers' / PEFT's (``unet.<layer>.lora_A.w
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,6 +40,8 @@ _PAIRS = (
     (".lora_A.weight", ".lora_B.weight"),
     (".lora.down.weight", ".lora.up.weight"),
 )
+# The safetensors metadata entry where diffusers stores each network's PEFT settings, as JSON.
+PEFT_SETTINGS_KEY = "lora_adapter_metadata"
 _UNSUPPORTED = {"hada_w1_a": "a LoHa", "lokr_w1": "a LoKr", "dora_scale": "a DoRA", "lora_mid": "a LoCon with a mid"}
 
 
@@ -89,18 +93,22 @@ def check_lora_file(path: Path, allow_unsafe_pickle: bool) -> None:
 def read_lora(path: Path, allow_unsafe_pickle: bool) -> list[LoraLayer]:
     """The layers of the LoRA file at ``path``; ``ModelError`` with an artist's message if it is not one."""
     check_lora_file(path, allow_unsafe_pickle)
-    state = _read_safetensors(path) if path.suffix.lower() == SAFETENSORS_SUFFIX else _unpickle(path)
-    return parse_lora(state, path.name)
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        return parse_lora(*_read_safetensors(path), path.name)
+    return parse_lora(_unpickle(path), {}, path.name)
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors, and the PEFT settings diffusers stores beside them (``lora_alpha`` when it is not the rank)."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (not a dict)
+            settings = json.loads((file.metadata() or {}).get(PEFT_SETTINGS_KEY) or "{}")
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(f"'{path.name}' could not be read: the file is damaged or incomplete ({error}).") from error
+    return tensors, settings if isinstance(settings, dict) else {}
 
 
 def _unpickle(path: Path) -> dict[str, torch.Tensor]:
@@ -113,8 +121,9 @@ def _unpickle(path: Path) -> dict[str, torch.Tensor]:
     return {str(key): value for key, value in state.items() if isinstance(value, torch.Tensor)}
 
 
-def parse_lora(state: Mapping[str, torch.Tensor], file_name: str) -> list[LoraLayer]:
-    """Pair each layer's down and up weights (and alpha) in any supported layout."""
+def parse_lora(state: Mapping[str, torch.Tensor], peft: Mapping[str, Any], file_name: str) -> list[LoraLayer]:
+    """Pair each layer's down and up weights (and alpha) in any supported layout; ``peft``: the PEFT settings of
+    diffusers' files (``unet.lora_alpha``, ``unet.alpha_pattern``...), for layers whose alpha is not in ``state``."""
     for marker, kind in _UNSUPPORTED.items():
         if any(marker in key for key in state):
             raise ModelError(f"'{file_name}' is {kind}, which sd_core cannot merge: use a plain LoRA or LoCon.")
@@ -129,10 +138,25 @@ def parse_lora(state: Mapping[str, torch.Tensor], file_name: str) -> list[LoraLa
             raise ModelError(f"'{file_name}' is damaged: layer '{stem}' has no up weight.")
         network, name = _network_and_name(stem, file_name)
         alpha = state.get(stem + ".alpha")
-        layers.append(LoraLayer(network, name, down, up, float(alpha) if alpha is not None else None))
+        alpha = float(alpha) if alpha is not None else _peft_alpha(peft, network, name, rank=down.shape[0])
+        layers.append(LoraLayer(network, name, down, up, alpha))
     if not layers:
         raise ModelError(f"'{file_name}' holds no LoRA layers: it is not a LoRA, or of a kind sd_core cannot read.")
     return layers
+
+
+def _peft_alpha(peft: Mapping[str, Any], network: str, name: str, rank: int) -> float | None:
+    """PEFT's alpha for one layer (its ``alpha_pattern`` entry, else ``lora_alpha``); None where none is stored.
+
+    With rsLoRA PEFT scales by alpha / sqrt(rank), not alpha / rank: returned as the alpha that gives it.
+    """
+    alpha = peft.get(f"{network}.lora_alpha")
+    for pattern, value in (peft.get(f"{network}.alpha_pattern") or {}).items():
+        if re.fullmatch(rf"(.*\.)?(?:{pattern})", name):
+            alpha = value
+    if alpha is None:
+        return None
+    return float(alpha) * math.sqrt(rank) if peft.get(f"{network}.use_rslora") else float(alpha)
 
 
 def _network_and_name(stem: str, file_name: str) -> tuple[str, str]:

@@ -4,6 +4,7 @@ every bad file refused with a message before a weight changes."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -194,29 +195,40 @@ def test_sdxl_loras_in_the_original_block_names_and_for_both_text_encoders(engin
     engine.generate(request(tiny_models["sdxl"]))
 
 
-def test_diffusers_and_peft_layouts_merge_like_kohyas(tiny_models, tmp_path):
+# diffusers' PEFT settings for a file: alpha 4 for the UNet except its queries (alpha 1), none for the text encoder
+PEFT_SETTINGS = {"unet.r": RANK, "unet.lora_alpha": 4 * ALPHA, "unet.alpha_pattern": {"attn1.to_q": ALPHA}}
+
+
+def peft_factor(network: str, module: str, with_settings: bool) -> float:
+    """What a PEFT file's down weights must carry so that it means the kohya file's ``ALPHA / RANK``."""
+    if not with_settings or network != "unet":
+        return ALPHA / RANK  # no alpha stored: PEFT's default, alpha = rank
+    return 1.0 if module.endswith("attn1.to_q") else 0.25
+
+
+@pytest.mark.parametrize("layout", ["peft", "peft with settings", "diffusers"])
+def test_diffusers_and_peft_layouts_merge_like_kohyas(tiny_models, tmp_path, layout):
     merged = []
-    for layout in ("kohya", "peft", "diffusers"):
+    for kohya in (True, False):
         engine = Engine(EngineSettings(device="cpu"))
         networks = networks_of(engine, tiny_models["sd1"])
         tensors = lora_tensors(networks, SD1_LAYERS)
-        if layout == "kohya":
-            path = kohya_file(tmp_path / "k.safetensors", tensors)
+        path = tmp_path / f"{kohya}.safetensors"
+        if kohya:
+            kohya_file(path, tensors)
         else:
-            down_name, up_name = ("lora_A", "lora_B") if layout == "peft" else ("lora.down", "lora.up")
+            down_name, up_name = ("lora.down", "lora.up") if layout == "diffusers" else ("lora_A", "lora_B")
+            with_settings = layout == "peft with settings"
             state = {}
             for (network, module), (down, up) in tensors.items():
-                # PEFT keeps alpha in its config, not the file: these carry the scale it means (alpha = rank)
-                factor = ALPHA / RANK
-                state[f"{network}.{module}.{down_name}.weight"] = down * factor
+                state[f"{network}.{module}.{down_name}.weight"] = down * peft_factor(network, module, with_settings)
                 state[f"{network}.{module}.{up_name}.weight"] = up
-            path = tmp_path / f"{layout}.safetensors"
-            save_file(state, str(path))
+            metadata = {"lora_adapter_metadata": json.dumps(PEFT_SETTINGS)} if with_settings else None
+            save_file(state, str(path), metadata=metadata)
         engine.generate(request(tiny_models["sd1"], LoraSpec(str(path))))
         merged.append(weights(networks))
-    for other in merged[1:]:
-        for key, tensor in merged[0].items():
-            torch.testing.assert_close(other[key], tensor, atol=1e-6, rtol=1e-5)
+    for key, tensor in merged[0].items():
+        torch.testing.assert_close(merged[1][key], tensor, atol=1e-6, rtol=1e-5)
 
 
 def test_a_lora_reaches_the_layers_the_accelerator_fused_and_stacked(tiny_models, tmp_path):
