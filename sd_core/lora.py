@@ -219,6 +219,9 @@ class LoraMerger:
             for key, delta in _placed(layers, networks, self._names[model], path.name, lora.scale):
                 deltas[key] = deltas[key] + delta if key in deltas else delta
         originals = self._originals.setdefault(model, {})
+        # Until every weight is written the model carries no known set: a failure midway (out of memory) makes
+        # the next request write them all again, from the originals.
+        self._merged[model] = (_UNKNOWN,)
         with torch.no_grad():
             for key in set(originals) | set(deltas):
                 weight = networks[key[0]].get_submodule(key[1]).weight
@@ -226,8 +229,7 @@ class LoraMerger:
                     # pinned: copied back at the host link's full speed when the LoRA is switched or taken out
                     pinned = torch.cuda.is_available() and weight.is_cuda
                     originals[key] = torch.empty_like(weight, device="cpu", pin_memory=pinned).copy_(weight)
-                original = originals[key].to(weight.device, non_blocking=True)
-                weight.copy_((original.float() + deltas[key]).to(weight.dtype) if key in deltas else original)
+                _write(weight, originals[key], deltas.get(key))
         self._merged[model] = wanted
         return True
 
@@ -237,6 +239,15 @@ class LoraMerger:
             self._merged.pop(known, None)
             self._originals.pop(known, None)
             self._names.pop(known, None)
+
+
+_UNKNOWN = object()
+
+
+def _write(weight: torch.Tensor, original: torch.Tensor, delta: torch.Tensor | None) -> None:
+    """``weight`` becomes ``original`` plus ``delta`` (rounded once, to the weight's precision), in place."""
+    original = original.to(weight.device, non_blocking=True)
+    weight.copy_((original.float() + delta).to(weight.dtype) if delta is not None else original)
 
 
 def _identity(lora: LoraSpec) -> tuple:

@@ -292,6 +292,34 @@ def test_every_bad_lora_is_refused_with_a_message_and_the_model_is_left_as_it_wa
     assert np.isfinite(plain).all()
 
 
+def test_a_merge_that_fails_midway_is_redone_whole_by_the_next_request(tiny_models, tmp_path, monkeypatch):
+    """Out of memory while writing the weights leaves some changed: the next request must not take them as merged."""
+    from sd_core import lora as lora_module
+
+    engine = Engine(EngineSettings(device="cpu"))
+    networks = networks_of(engine, tiny_models["sd1"])
+    plain, before = engine.generate(request(tiny_models["sd1"])).images[0].pixels, weights(networks)
+    spec = LoraSpec(str(kohya_file(tmp_path / "a.safetensors", lora_tensors(networks, SD1_LAYERS))))
+    written, write = [], lora_module._write
+
+    def failing_write(*args) -> None:
+        if len(written) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        written.append(args)
+        write(*args)
+
+    monkeypatch.setattr(lora_module, "_write", failing_write)
+    with pytest.raises(torch.OutOfMemoryError):
+        engine._merge_loras(request(tiny_models["sd1"], spec), engine.cache.base_pipeline(str(tiny_models["sd1"]))[0])
+    monkeypatch.setattr(lora_module, "_write", write)
+    assert sum(not torch.equal(tensor, before[key]) for key, tensor in weights(networks).items()) == 2
+
+    np.testing.assert_array_equal(engine.generate(request(tiny_models["sd1"])).images[0].pixels, plain)
+    fresh = Engine(EngineSettings(device="cpu"))
+    expected = fresh.generate(request(tiny_models["sd1"], spec)).images[0].pixels
+    np.testing.assert_array_equal(engine.generate(request(tiny_models["sd1"], spec)).images[0].pixels, expected)
+
+
 def test_a_pickled_lora_loads_only_when_the_artist_allows_it(tiny_models, tmp_path):
     engine = Engine(EngineSettings(device="cpu", allow_unsafe_pickle=True))
     networks = networks_of(engine, tiny_models["sd1"])
