@@ -103,7 +103,10 @@ class Engine:
         base, info = self.cache.base_pipeline(request.model)
         controlnets = [self.cache.controlnet(control.model) for control in request.controls]
         _check_compatible(request, info, base, controlnets)
-        self._merge_loras(request, base)
+        try:
+            self._merge_loras(request, base)
+        except torch.cuda.OutOfMemoryError as error:
+            raise _out_of_memory(request) from error
         pipe = self._pipeline_for(request, base, info, controlnets)
         if self.cache.placement.device.type == "cuda":
             draw_noise_without_waiting(pipe, pipe.scheduler)
