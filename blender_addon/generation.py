@@ -58,12 +58,12 @@ class Plan:
     scene_name: str
     # Where the worker writes the result PNGs: the settings' folder, resolved now (it may be relative to the .blend).
     output_folder: Path
+    # The panel's settings as Generate was clicked, for the history (the artist may edit them while it runs).
+    settings: dict[str, Any]
     camera_capture: Any = None
     # Meshes to project the result onto, read from Blender now; the projecting itself runs on the worker.
     surfaces: list[Any] = field(default_factory=list)
     bake_resolution: int = 1024
-    # The panel's settings as Generate was clicked, for the history (the artist may edit them while it runs).
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,10 +187,10 @@ def plan_generation(context: bpy.types.Context) -> Plan:
         request,
         scene.name,
         writeback.output_folder(settings),
+        settings_snapshot(settings),
         camera_capture,
         surfaces,
         settings.bake_resolution,
-        settings_snapshot(settings),
     )
 
 

@@ -59,10 +59,13 @@ def run(args: argparse.Namespace) -> list[str]:
     from sd_core import images
     from sd_core.engine import Engine
     from sd_core.errors import ValidationError
+    from sd_core.lora import check_lora_file
     from sd_core.multiview import engine_generator
 
     from . import headless, multiview
 
+    for lora in args.lora:  # before the renders, so a mistyped path costs no wait
+        check_lora_file(Path(lora.path).expanduser(), args.allow_unsafe_pickle)
     headless.open_blend(args)
     scene = bpy.context.scene
     missing = [name for name in args.select if name not in bpy.data.objects]

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,19 @@ _PAIRS = (
     (".lora_down.weight", ".lora_up.weight"),
     (".lora_A.weight", ".lora_B.weight"),
     (".lora.down.weight", ".lora.up.weight"),
+    (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
+    ("_lora.down.weight", "_lora.up.weight"),  # diffusers' old attention-processor layout, renamed below
 )
+# That old layout's names: (as written, as the module is called), in a UNet's attention and in CLIP's.
+_OLD_DIFFUSERS_NAMES = (
+    (".processor.to_q", ".to_q"), (".processor.to_k", ".to_k"), (".processor.to_v", ".to_v"),
+    (".processor.to_out", ".to_out.0"), ("self_attn.to_q", "self_attn.q_proj"), ("self_attn.to_k", "self_attn.k_proj"),
+    ("self_attn.to_v", "self_attn.v_proj"), ("self_attn.to_out", "self_attn.out_proj"),
+)  # fmt: skip
+# Where a UNet's own paths begin: PEFT files of a UNet alone carry no ``unet.`` prefix.
+_UNET_PATHS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out", "time_embedding.", "add_embedding.")
+# Parts of a file that change the model in ways a low-rank merge does not: refused rather than left out.
+_UNMERGEABLE = re.compile(r"(\.diff|\.diff_b|\.bias|_norm\.weight)$")
 # The safetensors metadata entry where diffusers stores each network's PEFT settings, as JSON.
 PEFT_SETTINGS_KEY = "lora_adapter_metadata"
 _UNSUPPORTED = {"hada_w1_a": "a LoHa", "lokr_w1": "a LoKr", "dora_scale": "a DoRA", "lora_mid": "a LoCon with a mid"}
@@ -60,16 +73,16 @@ class LoraLayer:
         return (
             self.up.ndim >= 2
             and self.up.shape[1] == rank
+            and math.prod(self.up.shape[2:]) == 1
             and self.up.shape[0] == weight.shape[0]
             and self.up.shape[0] * math.prod(self.down.shape[1:]) == weight.numel()
         )
 
-    def delta(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
-        """The update for ``weight``, in float32 on its device (a GPU multiplies SDXL's hundreds of layers at once)."""
-        rank = self.down.shape[0]
-        factor = scale * (self.alpha / rank if self.alpha is not None else 1.0)
-        up, down = (part.to(weight.device, torch.float32).flatten(1) for part in (self.up, self.down))
-        return (up @ down).mul_(factor).reshape(weight.shape)
+    def add_to(self, rows: torch.Tensor, scale: float) -> None:
+        """Add ``scale`` times this update to ``rows``, a float32 weight seen as (outputs, inputs), in place."""
+        factor = scale * (self.alpha / self.down.shape[0] if self.alpha is not None else 1.0)
+        up, down = (part.to(rows.device, torch.float32).flatten(1) for part in (self.up, self.down))
+        rows.addmm_(up, down, alpha=factor)
 
 
 def check_lora_file(path: Path, allow_unsafe_pickle: bool) -> None:
@@ -127,7 +140,7 @@ def parse_lora(state: Mapping[str, torch.Tensor], peft: Mapping[str, Any], file_
     for marker, kind in _UNSUPPORTED.items():
         if any(marker in key for key in state):
             raise ModelError(f"'{file_name}' is {kind}, which sd_core cannot merge: use a plain LoRA or LoCon.")
-    layers = []
+    layers, used = [], set()
     for key, down in state.items():
         pair = next(((d, u) for d, u in _PAIRS if key.endswith(d)), None)
         if pair is None:
@@ -136,13 +149,30 @@ def parse_lora(state: Mapping[str, torch.Tensor], peft: Mapping[str, Any], file_
         up = state.get(stem + pair[1])
         if up is None:
             raise ModelError(f"'{file_name}' is damaged: layer '{stem}' has no up weight.")
-        network, name = _network_and_name(stem, file_name)
+        network, name = _network_and_name(_renamed(stem, pair[0]), file_name)
         alpha = state.get(stem + ".alpha")
+        used |= {key, stem + pair[1], stem + ".alpha"}
         alpha = float(alpha) if alpha is not None else _peft_alpha(peft, network, name, rank=down.shape[0])
         layers.append(LoraLayer(network, name, down, up, alpha))
+    unmergeable = sorted(key for key in state if key not in used and _UNMERGEABLE.search(key))
+    if unmergeable:
+        raise ModelError(
+            f"'{file_name}' also changes parts of the model a LoRA merge cannot (such as '{unmergeable[0]}'): "
+            "use a plain LoRA or LoCon."
+        )
     if not layers:
         raise ModelError(f"'{file_name}' holds no LoRA layers: it is not a LoRA, or of a kind sd_core cannot read.")
     return layers
+
+
+def _renamed(stem: str, down_suffix: str) -> str:
+    """A layer's name in diffusers' old attention-processor layout as its module is called, else as written."""
+    if down_suffix != "_lora.down.weight":
+        return stem
+    for written, called in _OLD_DIFFUSERS_NAMES:
+        if stem.endswith(written):
+            return stem[: -len(written)] + called
+    return stem
 
 
 def _peft_alpha(peft: Mapping[str, Any], network: str, name: str, rank: int) -> float | None:
@@ -166,6 +196,8 @@ def _network_and_name(stem: str, file_name: str) -> tuple[str, str]:
     for prefix in _DIFFUSERS_PREFIXES:
         if stem.startswith(prefix):
             return prefix[:-1], stem[len(prefix) :]
+    if stem.startswith(_UNET_PATHS):
+        return "unet", stem
     raise ModelError(f"'{file_name}' has a layer sd_core cannot place ('{stem}'): it is not a LoRA for SD or SDXL.")
 
 
@@ -187,67 +219,104 @@ def layer_names(network: torch.nn.Module, is_unet: bool) -> dict[str, str]:
     return names
 
 
+@dataclass
+class _LoadedModel:
+    """What the merger knows of one loaded model's networks."""
+
+    unet: weakref.ref  # the networks merged into: a model loaded again is another one
+    names: dict[str, dict[str, str]]  # per network, every name a LoRA may give each layer (``layer_names``)
+    merged: tuple = ()  # the LoRAs merged, as ``_identity`` gives them
+    originals: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # of the weights they changed
+
+
 class LoraMerger:
     """The LoRAs merged into each loaded model's networks, and the originals of the weights they changed."""
 
     def __init__(self) -> None:
-        # Per model: which LoRAs are merged (their files' identities and scales), the originals of the weights
-        # they changed, and the names a LoRA may give each layer of each network (worked out once).
-        self._merged: dict[str, tuple[tuple, ...]] = {}
-        self._originals: dict[str, dict[tuple[str, str], torch.Tensor]] = {}
-        self._names: dict[str, dict[str, dict[str, str]]] = {}
+        self._models: dict[str, _LoadedModel] = {}
 
     def merge(
         self, model: str, networks: Mapping[str, torch.nn.Module], loras: Iterable[LoraSpec], allow_pickle: bool
     ) -> bool:
         """Make ``model``'s networks carry exactly ``loras``; returns whether any weight changed.
 
-        Every file is read and placed before a weight is touched, so a bad LoRA leaves the model as it was.
+        Every file is read and placed before a weight is touched, so a bad LoRA leaves the model as it was. Each
+        weight's update is worked out as it is written, so merging needs the memory of one layer, not of all.
         """
         loras = tuple(loras)
         wanted = tuple(_identity(lora) for lora in loras)
-        if self._merged.get(model, ()) == wanted:
+        known = self._models.get(model)
+        if known is None or known.unet() is not networks["unet"]:
+            names = {network: layer_names(module, network == "unet") for network, module in networks.items()}
+            known = self._models[model] = _LoadedModel(weakref.ref(networks["unet"]), names)
+        if known.merged == wanted:
             return False
-        if model not in self._names:
-            self._names[model] = {
-                network: layer_names(module, network == "unet") for network, module in networks.items()
-            }
-        deltas: dict[tuple[str, str], torch.Tensor] = {}
+        updates: dict[tuple[str, str], list[tuple[LoraLayer, float]]] = {}
         for lora in loras:
             path = Path(lora.path).expanduser()
-            layers = read_lora(path, allow_pickle)
-            for key, delta in _placed(layers, networks, self._names[model], path.name, lora.scale):
-                deltas[key] = deltas[key] + delta if key in deltas else delta
-        originals = self._originals.setdefault(model, {})
+            for key, layer in _placed(read_lora(path, allow_pickle), networks, known.names, path.name):
+                updates.setdefault(key, []).append((layer, lora.scale))
         # Until every weight is written the model carries no known set: a failure midway (out of memory) makes
         # the next request write them all again, from the originals.
-        self._merged[model] = (_UNKNOWN,)
+        known.merged = (_UNKNOWN,)
         with torch.no_grad():
-            for key in set(originals) | set(deltas):
-                weight = networks[key[0]].get_submodule(key[1]).weight
-                if key not in originals:
-                    # pinned: copied back at the host link's full speed when the LoRA is switched or taken out
-                    pinned = torch.cuda.is_available() and weight.is_cuda
-                    originals[key] = torch.empty_like(weight, device="cpu", pin_memory=pinned).copy_(weight)
-                _write(weight, originals[key], deltas.get(key))
-        self._merged[model] = wanted
+            new = [key for key in updates if key not in known.originals]
+            known.originals |= _kept_originals({key: _weight(networks, key) for key in new})
+            for key, original in known.originals.items():
+                _write(_weight(networks, key), original, updates.get(key, []))
+        if not loras and known.originals:  # every weight is its original again: give the copies' memory back
+            known.originals.clear()
+            _release_pinned_memory()
+        known.merged = wanted
         return True
 
-    def forget(self, model: str | None = None) -> None:
-        """Drop what is known of ``model`` (every model if None): its networks were unloaded."""
-        for known in [model] if model is not None else list(self._merged):
-            self._merged.pop(known, None)
-            self._originals.pop(known, None)
-            self._names.pop(known, None)
+    def forget(self) -> None:
+        """Drop what is known of every model: they were unloaded."""
+        self._models.clear()
 
 
 _UNKNOWN = object()
+# Originals are kept in pinned blocks of this size, each holding several weights: PyTorch rounds every pinned
+# allocation up to a power of two, which one allocation per weight (or one for all) would waste.
+_ORIGINALS_BLOCK_BYTES = 64 << 20
+_ALIGNMENT = 64
 
 
-def _write(weight: torch.Tensor, original: torch.Tensor, delta: torch.Tensor | None) -> None:
-    """``weight`` becomes ``original`` plus ``delta`` (rounded once, to the weight's precision), in place."""
-    original = original.to(weight.device, non_blocking=True)
-    weight.copy_((original.float() + delta).to(weight.dtype) if delta is not None else original)
+def _weight(networks: Mapping[str, torch.nn.Module], key: tuple[str, str]) -> torch.Tensor:
+    return networks[key[0]].get_submodule(key[1]).weight
+
+
+def _kept_originals(weights: Mapping[tuple[str, str], torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
+    """Host copies of ``weights``: pinned where they live on a GPU, so they copy back at the link's full speed."""
+    pinned = torch.cuda.is_available() and any(weight.is_cuda for weight in weights.values())
+    kept: dict[tuple[str, str], torch.Tensor] = {}
+    block, used = torch.empty(0, dtype=torch.uint8), 0
+    for key, weight in weights.items():
+        size = weight.numel() * weight.element_size()
+        if used + size > block.numel():
+            block, used = torch.empty(max(size, _ORIGINALS_BLOCK_BYTES), dtype=torch.uint8, pin_memory=pinned), 0
+        kept[key] = block[used : used + size].view(weight.dtype).view(weight.shape).copy_(weight)
+        used += -(-size // _ALIGNMENT) * _ALIGNMENT
+    return kept
+
+
+def _release_pinned_memory() -> None:
+    """Hand PyTorch's cached pinned host blocks back to the system (freed pinned memory stays cached otherwise)."""
+    empty_host_cache = getattr(torch._C, "_host_emptyCache", None)  # no public name for it in torch 2.11
+    if torch.cuda.is_available() and empty_host_cache is not None:
+        torch.cuda.synchronize()  # copies from the blocks may still be in flight
+        empty_host_cache()
+
+
+def _write(weight: torch.Tensor, original: torch.Tensor, updates: list[tuple[LoraLayer, float]]) -> None:
+    """``weight`` becomes ``original`` plus ``updates`` (each a layer and its scale), rounded once, in place."""
+    if not updates:
+        weight.copy_(original, non_blocking=True)
+        return
+    rows = original.to(weight.device, torch.float32, non_blocking=True, copy=True).view(weight.shape[0], -1)
+    for layer, scale in updates:
+        layer.add_to(rows, scale)
+    weight.copy_(rows.view(weight.shape))
 
 
 def _identity(lora: LoraSpec) -> tuple:
@@ -265,9 +334,8 @@ def _placed(
     networks: Mapping[str, torch.nn.Module],
     names: Mapping[str, Mapping[str, str]],
     file_name: str,
-    scale: float,
-) -> Iterable[tuple[tuple[str, str], torch.Tensor]]:
-    """Each layer's module and its update; ``ModelError`` if a layer has no place in these networks."""
+) -> list[tuple[tuple[str, str], LoraLayer]]:
+    """Each layer with its (network, module path); ``ModelError`` if one has no place in these networks."""
     placed = []
     for layer in layers:
         module_path = names.get(layer.network, {}).get(layer.name)
@@ -276,13 +344,12 @@ def _placed(
                 f"'{file_name}' does not fit this model: it changes '{layer.name}', which this model does not have. "
                 "Is it a LoRA for another model family (SD1.5, SDXL)?"
             )
-        weight = networks[layer.network].get_submodule(module_path).weight
-        if not layer.fits(weight):
+        if not layer.fits(_weight(networks, (layer.network, module_path))):
             raise ModelError(
                 f"'{file_name}' does not fit this model: its layer '{layer.name}' has another size. "
                 "Is it a LoRA for another model family (SD1.5, SDXL)?"
             )
-        placed.append(((layer.network, module_path), layer.delta(weight, scale)))
+        placed.append(((layer.network, module_path), layer))
     return placed
 
 

@@ -119,7 +119,7 @@ def test_fused_seams_are_weaker_than_last_view_wins(scene, pair) -> None:
     assert cube_ours < 1.1 * cube_naive
 
 
-def test_headless_command_with_the_tiny_models(scene, pair, tiny_models, tmp_path, capsys) -> None:
+def test_headless_command_with_the_tiny_models(scene, pair, tiny_models, tmp_path, capsys, monkeypatch) -> None:
     """The whole loop through the engine: depth-ControlNet inpainting per view, baked and saved."""
     from blender_addon import multiview_headless
 
@@ -153,9 +153,12 @@ def test_headless_command_with_the_tiny_models(scene, pair, tiny_models, tmp_pat
         nodes = bpy.data.objects[name].active_material.node_tree.nodes
         assert any(node.bl_idname == "ShaderNodeTexImage" and node.image == image for node in nodes)
     assert len([image for image in bpy.data.images if image.name.startswith(multiview.PREVIEW_PREFIX)]) == 4
-    missing = str(tmp_path / "gone.safetensors")  # reaches the engine: it is the one that looks for the file
+    missing = str(tmp_path / "gone.safetensors")
+    planned = []
+    monkeypatch.setattr(multiview, "plan_multiview", lambda *args, **kwargs: planned.append(args))
     assert multiview_headless.main([*arguments, "--lora", f"{missing}:0.7"]) == 2
     assert f"LoRA not found: '{missing}'" in capsys.readouterr().err
+    assert planned == []  # refused before any camera rendered
 
 
 def test_every_view_is_generated_with_the_loras(scene, pair) -> None:

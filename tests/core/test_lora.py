@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from sd_core import (
     EngineSettings,
@@ -205,17 +205,38 @@ def test_sdxl_loras_in_the_original_block_names_and_for_both_text_encoders(engin
 
 # diffusers' PEFT settings for a file: alpha 4 for the UNet except its queries (alpha 1), none for the text encoder
 PEFT_SETTINGS = {"unet.r": RANK, "unet.lora_alpha": 4 * ALPHA, "unet.alpha_pattern": {"attn1.to_q": ALPHA}}
+# rsLoRA scales by alpha / sqrt(rank), not alpha / rank: this alpha means kohya's ALPHA / RANK
+RSLORA_SETTINGS = {"unet.lora_alpha": ALPHA / RANK * math.sqrt(RANK), "unet.use_rslora": True}
 
 
-def peft_factor(network: str, module: str, with_settings: bool) -> float:
-    """What a PEFT file's down weights must carry so that it means the kohya file's ``ALPHA / RANK``."""
-    if not with_settings or network != "unet":
-        return ALPHA / RANK  # no alpha stored: PEFT's default, alpha = rank
-    return 1.0 if module.endswith("attn1.to_q") else 0.25
+def other_layout_key(layout: str, network: str, module: str, part: str) -> str:
+    """Where ``layout`` keeps the ``part`` ("down" or "up") weight of a layer."""
+    if layout == "diffusers":
+        return f"{network}.{module}.lora.{part}.weight"
+    if layout == "old diffusers" and module.endswith(("to_q", "q_proj")):  # its attention processors' queries
+        attention = module.rpartition(".")[0]
+        middle = "processor." if network == "unet" else ""
+        return f"{network}.{attention}.{middle}to_q_lora.{part}.weight"
+    if layout == "old diffusers":
+        return f"{network}.{module}.lora_linear_layer.{part}.weight"
+    prefix = "" if layout == "peft, a UNet's alone" and network == "unet" else f"{network}."
+    return f"{prefix}{module}.lora_{'A' if part == 'down' else 'B'}.weight"
 
 
-@pytest.mark.parametrize("layout", ["peft", "peft with settings", "diffusers"])
+def down_factor(layout: str, network: str, module: str) -> float:
+    """What a file's down weights must carry so that it means the kohya file's ``ALPHA / RANK``."""
+    if layout == "peft with settings" and network == "unet":
+        return 1.0 if module.endswith("attn1.to_q") else 0.25
+    if layout == "peft, rsLoRA" and network == "unet":
+        return 1.0
+    return ALPHA / RANK  # no alpha stored: PEFT's default, alpha = rank
+
+
+@pytest.mark.parametrize(
+    "layout", ["peft", "peft with settings", "peft, rsLoRA", "peft, a UNet's alone", "diffusers", "old diffusers"]
+)
 def test_diffusers_and_peft_layouts_merge_like_kohyas(tiny_models, tmp_path, layout):
+    settings = {"peft with settings": PEFT_SETTINGS, "peft, rsLoRA": RSLORA_SETTINGS}.get(layout)
     merged = []
     for kohya in (True, False):
         engine = Engine(EngineSettings(device="cpu"))
@@ -225,18 +246,47 @@ def test_diffusers_and_peft_layouts_merge_like_kohyas(tiny_models, tmp_path, lay
         if kohya:
             kohya_file(path, tensors)
         else:
-            down_name, up_name = ("lora.down", "lora.up") if layout == "diffusers" else ("lora_A", "lora_B")
-            with_settings = layout == "peft with settings"
             state = {}
             for (network, module), (down, up) in tensors.items():
-                state[f"{network}.{module}.{down_name}.weight"] = down * peft_factor(network, module, with_settings)
-                state[f"{network}.{module}.{up_name}.weight"] = up
-            metadata = {"lora_adapter_metadata": json.dumps(PEFT_SETTINGS)} if with_settings else None
-            save_file(state, str(path), metadata=metadata)
+                state[other_layout_key(layout, network, module, "down")] = down * down_factor(layout, network, module)
+                state[other_layout_key(layout, network, module, "up")] = up
+            save_file(state, str(path), metadata={"lora_adapter_metadata": json.dumps(settings)} if settings else None)
         engine.generate(request(tiny_models["sd1"], LoraSpec(str(path))))
         merged.append(weights(networks))
     for key, tensor in merged[0].items():
         torch.testing.assert_close(merged[1][key], tensor, atol=1e-6, rtol=1e-5)
+
+
+def test_two_loras_on_one_layer_add_up(engine, tiny_models, tmp_path):
+    networks = networks_of(engine, tiny_models["sd1"])
+    before = weights(networks)
+    first, second = lora_tensors(networks, SD1_LAYERS[:1], seed=1), lora_tensors(networks, SD1_LAYERS[:1], seed=2)
+    loras = [
+        LoraSpec(str(kohya_file(tmp_path / f"{n}.safetensors", t)), s)
+        for n, t, s in [(1, first, 0.5), (2, second, -2.0)]
+    ]
+    engine.generate(request(tiny_models["sd1"], *loras))
+    key = weight_key(networks, *SD1_LAYERS[0])
+    (down1, up1), (down2, up2) = first[SD1_LAYERS[0]], second[SD1_LAYERS[0]]
+    delta = (up1 @ down1) * (0.5 * ALPHA / RANK) + (up2 @ down2) * (-2.0 * ALPHA / RANK)
+    torch.testing.assert_close(weights(networks)[key], before[key] + delta, atol=1e-6, rtol=1e-5)
+    engine.generate(request(tiny_models["sd1"]))
+
+
+def test_a_model_loaded_again_gets_its_loras_merged_again(tiny_models, tmp_path):
+    """The merger knows a model by its loaded networks, not only its name: new weights under a name are new."""
+    base = Engine(EngineSettings(device="cpu")).cache.base_pipeline(str(tiny_models["sd1"]))[0]
+    first, again = copy.deepcopy(base.unet), copy.deepcopy(base.unet)
+    unet_layers = [layer for layer in SD1_LAYERS if layer[0] == "unet"]
+    spec = LoraSpec(str(kohya_file(tmp_path / "a.safetensors", lora_tensors({"unet": first}, unet_layers))))
+    merger = LoraMerger()
+    assert merger.merge("model", {"unet": first}, [spec], allow_pickle=False)
+    assert merger.merge("model", {"unet": again}, [spec], allow_pickle=False)
+    assert not merger.merge("model", {"unet": again}, [spec], allow_pickle=False)  # nothing changed since
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters(), strict=True))
+    assert not torch.equal(
+        again.get_submodule(unet_layers[0][1]).weight, base.unet.get_submodule(unet_layers[0][1]).weight
+    )
 
 
 def test_a_lora_reaches_the_layers_the_accelerator_fused_and_stacked(tiny_models, tmp_path):
@@ -245,6 +295,8 @@ def test_a_lora_reaches_the_layers_the_accelerator_fused_and_stacked(tiny_models
     plain, prepared = copy.deepcopy(base.unet), copy.deepcopy(base.unet)
     CudaGraphAccelerator()._prepare(prepared)
     assert prepared.down_blocks[0].attentions[0].transformer_blocks[0].attn1.fused_projections
+    stacked = prepared.get_submodule(SD1_LAYERS[2][1]).weight  # a view of every block's stacked projections
+    assert stacked.data_ptr() != stacked.untyped_storage().data_ptr()
     unet_layers = [layer for layer in SD1_LAYERS if layer[0] == "unet"]
     path = str(kohya_file(tmp_path / "a.safetensors", lora_tensors({"unet": plain}, unet_layers)))
     torch.manual_seed(0)
@@ -268,6 +320,11 @@ def bad_loras(networks, tmp_path: Path) -> dict[str, tuple[Path, type[Exception]
     )
     too_wide = lora_tensors(networks, SD1_LAYERS[:1])
     too_wide = {key: (torch.randn(RANK, down.shape[1] * 2), up) for key, (down, up) in too_wide.items()}
+    full = tmp_path / "full.safetensors"  # LyCORIS' full-weight difference beside a LoRA layer
+    full_tensors = lora_tensors(networks, SD1_LAYERS[:1])
+    save_file(
+        {"lora_unet_conv_in.diff": torch.zeros(32, 4, 3, 3)} | load_file(str(kohya_file(full, full_tensors))), str(full)
+    )
     loha = tmp_path / "loha.safetensors"
     save_file({"lora_unet_a.hada_w1_a": torch.zeros(2, 2), "lora_unet_a.hada_w1_b": torch.zeros(2, 2)}, str(loha))
     stranger = tmp_path / "xl_only.safetensors"
@@ -283,6 +340,7 @@ def bad_loras(networks, tmp_path: Path) -> dict[str, tuple[Path, type[Exception]
         "other family (names)": (stranger, ModelError, "another model family"),
         "other family (sizes)": (kohya_file(tmp_path / "wide.safetensors", too_wide), ModelError, "another size"),
         "loha": (loha, ModelError, "LoHa"),
+        "full weights": (full, ModelError, "lora_unet_conv_in.diff"),
         "not a lora": (kohya_file(tmp_path / "empty.safetensors", {}), ModelError, "no LoRA layers"),
     }
 
@@ -333,8 +391,6 @@ def test_a_pickled_lora_loads_only_when_the_artist_allows_it(tiny_models, tmp_pa
     networks = networks_of(engine, tiny_models["sd1"])
     tensors = lora_tensors(networks, SD1_LAYERS[:1])
     safe = kohya_file(tmp_path / "a.safetensors", tensors)
-    from safetensors.torch import load_file
-
     torch.save(load_file(str(safe)), tmp_path / "a.pt")
     before = weights(networks)
     engine.generate(request(tiny_models["sd1"], LoraSpec(str(tmp_path / "a.pt"))))
