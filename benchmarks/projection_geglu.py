@@ -3,6 +3,9 @@
 Measured and not taken (step_benchmark.py, sweep ``geglu in the projection``): it saves the projection's
 write and GEGLU's read of it, but Triton's product is slower than cuBLAS's by about what that saves at
 SDXL's widths, so sd_core keeps cuBLAS and its own GEGLU kernel (sd_core/geglu.py).
+
+The kernel masks rows only: the input width must be a multiple of a tile's depth and GEGLU's width of its
+columns, as they are at every SD1.5 and SDXL level the sweep measures.
 """
 
 import torch
