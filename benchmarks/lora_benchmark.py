@@ -9,7 +9,9 @@ scale (merged onto the kept originals), out (the originals copied back) and in a
 a merge takes beyond the model's. It checks that the accelerated pixels with the LoRA
 match sd_core's with acceleration off on the same weights, and that taking the LoRA out gives back the first
 image bit for bit. ``--cpu-offload`` does the same with the low-VRAM mode's weights resting in host memory
-(whole networks moved for SD1.5, layer by layer for SDXL), where the LoRA is merged into the resting weights.
+(whole networks moved for SD1.5, layer by layer for SDXL), where the LoRA is merged into the resting weights;
+first a request fails in the middle of the UNet (layers left on the GPU), so that the match with acceleration
+off shows the LoRA reached the layers that failure left behind too.
 
     python benchmarks/lora_benchmark.py --family sdxl [--cpu-offload] --out benchmarks/results/lora-sdxl.json
 """
@@ -91,6 +93,24 @@ def request_ms(engine: Engine, model: str, family: str, *loras: LoraSpec) -> tup
     return (time.perf_counter() - start) * 1000, pixels
 
 
+def fail_midway(engine: Engine, model: str, family: str) -> bool:
+    """Run a request that fails as the UNet reaches a key projection of its mid block (which layer-by-layer
+    offloading has then already loaded ahead onto the GPU); returns whether it failed."""
+    layer = engine.cache.base_pipeline(model)[0].unet.mid_block.attentions[0].transformer_blocks[0].attn1.to_k
+
+    def fail(*_args: Any) -> None:
+        raise RuntimeError("failed midway, on purpose")
+
+    handle = layer.register_forward_pre_hook(fail)
+    try:
+        request_ms(engine, model, family)
+    except RuntimeError:
+        return True
+    finally:
+        handle.remove()
+    return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=list(SIZES), default="sd1")
@@ -109,6 +129,8 @@ def main() -> None:
         request_ms(engine, model, args.family)  # load, prepare and capture
         plain = [request_ms(engine, model, args.family) for _ in range(args.repeats)]
         report["request without a LoRA"] = float(np.median([ms for ms, _ in plain]))
+        if args.cpu_offload:
+            report["a request failed midway"] = fail_midway(engine, model, args.family)
         merges: dict[str, list[tuple[float, int]]] = {"first in": [merge_ms(engine, model, args.family, full)]}
         merges |= {"another scale": [], "out": [], "in again": []}
         for _ in range(args.repeats):

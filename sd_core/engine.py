@@ -27,7 +27,7 @@ from sd_core.lora import LoraMerger, check_lora_file, lora_name
 from sd_core.memory import check_fits
 from sd_core.models import ModelCache, ModelInfo
 from sd_core.noise import draw_noise_without_waiting
-from sd_core.offload import enable_offload
+from sd_core.offload import enable_offload, rest_offloaded_weights
 from sd_core.preview import PreviewRelay
 from sd_core.prompts import PromptEmbeddings
 from sd_core.request import EngineSettings, GeneratedImage, GenerationRequest, Mode, Progress, Result
@@ -148,7 +148,13 @@ class Engine:
         """Merge the request's LoRAs into the model (undoing any others); its prompts then encode anew."""
         networks = {name: getattr(base, name, None) for name in ("unet", "text_encoder", "text_encoder_2")}
         networks = {name: network for name, network in networks.items() if network is not None}
-        if self._loras.merge(request.model, networks, request.loras, self.settings.allow_unsafe_pickle):
+
+        def at_rest() -> None:  # low VRAM: write into the weights' host copies, which the GPU loads from
+            for network in networks.values():
+                rest_offloaded_weights(network)
+
+        rest = at_rest if self.settings.cpu_offload else None
+        if self._loras.merge(request.model, networks, request.loras, self.settings.allow_unsafe_pickle, rest):
             self._prompts.forget(request.model)
 
     def _check_memory(self, width: int, height: int, vae_dtype: torch.dtype) -> None:

@@ -22,7 +22,7 @@ import json
 import math
 import re
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,12 +242,18 @@ class LoraMerger:
         self._models: dict[str, _LoadedModel] = {}
 
     def merge(
-        self, model: str, networks: Mapping[str, torch.nn.Module], loras: Iterable[LoraSpec], allow_pickle: bool
+        self,
+        model: str,
+        networks: Mapping[str, torch.nn.Module],
+        loras: Iterable[LoraSpec],
+        allow_pickle: bool,
+        before_writing: Callable[[], None] | None = None,
     ) -> bool:
         """Make ``model``'s networks carry exactly ``loras``; returns whether any weight changed.
 
         Every file is read and placed before a weight is touched, so a bad LoRA leaves the model as it was. Each
         weight's update is worked out as it is written, so merging needs the memory of one layer, not of all.
+        ``before_writing`` runs first when weights are about to change (the low-VRAM mode puts them at rest).
         """
         loras = tuple(loras)
         wanted = tuple(_identity(lora) for lora in loras)
@@ -265,6 +271,8 @@ class LoraMerger:
         # Until every weight is written the model carries no known set: a failure midway (out of memory) makes
         # the next request write them all again, from the originals.
         known.merged = (_UNKNOWN,)
+        if before_writing is not None:
+            before_writing()
         with torch.no_grad():
             new = [key for key in updates if key not in known.originals]
             known.originals |= _kept_originals({key: _weight(networks, key) for key in new})

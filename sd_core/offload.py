@@ -35,3 +35,18 @@ def enable_offload(pipe: Any, device: torch.device, family: str) -> None:
         else:
             apply_group_offloading(component, onload_device=device, offload_type="leaf_level", use_stream=True)
         _PLACED.add(component)
+
+
+def rest_offloaded_weights(module: torch.nn.Module) -> None:
+    """Put every layer of ``module`` that layer-by-layer offloading left on the GPU (a forward that failed midway)
+    back at rest in host memory.
+
+    Why: that offloading loads each layer from its own host copy and, at rest, the layer's weight *is* that copy.
+    A weight changed in place while still on the GPU (a LoRA merged) would be replaced by the unchanged copy at the
+    next load; at rest, the change lands in the copy itself.
+    """
+    for layer in module.modules():
+        registry = getattr(layer, "_diffusers_hook", None)
+        hook = registry.get_hook("group_offloading") if registry is not None else None
+        if hook is not None:
+            hook.group.offload_()
