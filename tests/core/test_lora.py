@@ -414,3 +414,20 @@ def test_loras_are_named_in_the_metadata_as_a1111_writes_them(engine, tiny_model
 def test_a_lora_without_a_file_or_scale_is_refused_before_loading(lora, words):
     with pytest.raises(ValidationError, match=words):
         GenerationRequest(model="m", prompt="p", loras=(lora,)).validate()
+
+
+def test_layer_by_layer_offloading_is_put_at_rest_before_a_merge(tiny_models, monkeypatch):
+    """Low VRAM: each offloaded layer group is sent back to its host copy, the one the GPU loads from, before
+    weights change (the H100 run in benchmarks/README.md shows a LoRA lost without it)."""
+    from diffusers.hooks import apply_group_offloading
+    from diffusers.hooks.group_offloading import ModuleGroup
+
+    from sd_core.offload import rest_offloaded_weights
+
+    unet = copy.deepcopy(Engine(EngineSettings(device="cpu")).cache.base_pipeline(str(tiny_models["sd1"]))[0].unet)
+    apply_group_offloading(unet, onload_device=torch.device("cpu"), offload_type="leaf_level")
+    rested: list[ModuleGroup] = []
+    monkeypatch.setattr(ModuleGroup, "offload_", lambda group: rested.append(group))
+    rest_offloaded_weights(unet)
+    leaves = [m for m in unet.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    assert {id(module) for group in rested for module in group.modules} >= {id(leaf) for leaf in leaves}
