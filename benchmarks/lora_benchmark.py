@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,6 +36,7 @@ from gpu_benchmark import build_random_models
 
 from sd_core import EngineSettings, GenerationRequest, LoraSpec
 from sd_core.engine import Engine
+from sd_core.testing.loras import KOHYA_PREFIXES, random_updates, write_kohya_lora
 
 RANK = 32
 TRAINED = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
@@ -47,26 +47,19 @@ SIZES = {"sd1": 512, "sdxl": 1024}
 def write_lora(engine: Engine, model: str, out: Path) -> tuple[Path, int]:
     """A random kohya LoRA on the trained layers of ``model``'s networks; returns its path and layer count."""
     base = engine.cache.base_pipeline(model)[0]
-    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
-    generator = torch.Generator().manual_seed(0)
-    state: dict[str, torch.Tensor] = {}
-    for network, prefix in prefixes.items():
+    shapes = {}
+    for network in KOHYA_PREFIXES:
         module = getattr(base, network, None)
-        if module is None:
-            continue
-        for path, layer in module.named_modules():
+        for path, layer in module.named_modules() if module is not None else ():
             if not isinstance(layer, torch.nn.Linear | torch.nn.Conv2d) or not path.endswith(TRAINED):
                 continue
             if network != "unet" and not path.startswith("text_model."):
                 path = f"text_model.{path}"  # as LoRA files name CLIP's layers
-            stem = prefix + path.replace(".", "_")
-            shape = layer.weight.shape
-            state[f"{stem}.lora_down.weight"] = torch.randn((RANK, *shape[1:]), generator=generator).half() / 100
-            up_shape = (shape[0], RANK, *([1] * (len(shape) - 2)))
-            state[f"{stem}.lora_up.weight"] = torch.randn(up_shape, generator=generator).half() / 100
-            state[f"{stem}.alpha"] = torch.tensor(float(RANK))
-    save_file(state, str(out))
-    return out, len(state) // 3
+            shapes[network, path] = layer.weight.shape
+    updates = {
+        layer: tuple(part.half() / 100 for part in parts) for layer, parts in random_updates(shapes, RANK).items()
+    }
+    return write_kohya_lora(out, updates, alpha=float(RANK)), len(updates)
 
 
 def request(model: str, family: str, *loras: LoraSpec) -> GenerationRequest:

@@ -21,22 +21,14 @@ from sd_core.request import EngineSettings
 ADDON = "blender_addon"
 CPU = EngineSettings(device="cpu")
 # The tiny SD1 UNet's first self-attention query: a 32x32 weight, in kohya's naming.
-LORA_LAYER = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+LORA_LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
 
 
 def write_tiny_lora(path: Path, width: int = 32) -> Path:
     """A rank-2 kohya LoRA on ``LORA_LAYER``; another ``width`` makes one for a model with other layer sizes."""
-    import torch
-    from safetensors.torch import save_file
+    from sd_core.testing.loras import random_updates, write_kohya_lora
 
-    generator = torch.Generator().manual_seed(0)
-    tensors = {
-        f"{LORA_LAYER}.lora_down.weight": torch.randn(2, width, generator=generator),
-        f"{LORA_LAYER}.lora_up.weight": torch.randn(width, 2, generator=generator),
-        f"{LORA_LAYER}.alpha": torch.tensor(2.0),
-    }
-    save_file(tensors, str(path))
-    return path
+    return write_kohya_lora(path, random_updates({("unet", LORA_LAYER): (width, width)}, rank=2), alpha=2.0)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from sd_core.acceleration import CudaGraphAccelerator
 from sd_core.engine import Engine
 from sd_core.lora import LoraMerger
 from sd_core.metadata import a1111_parameters
+from sd_core.testing.loras import random_updates, write_kohya_lora
 
 SIZE = 64
 RANK = 2
@@ -71,30 +72,11 @@ def layer(networks, network: str, path: str) -> torch.nn.Module:
         return networks[network].get_submodule(path.removeprefix("text_model."))
 
 
-def lora_tensors(networks, layers, seed: int = 0) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+def lora_tensors(networks, layers, seed: int = 0) -> dict[tuple[str, str], tuple[torch.Tensor, ...]]:
     """Random (down, up) weights of rank ``RANK`` for each (network, module path), shaped like kohya's."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for network, path in layers:
-        weight = layer(networks, network, path).weight
-        down_shape = (RANK, *weight.shape[1:])
-        up_shape = (weight.shape[0], RANK, *([1] * (weight.ndim - 2)))
-        tensors[network, path] = (
-            torch.randn(down_shape, generator=generator),
-            torch.randn(up_shape, generator=generator),
-        )
-    return tensors
-
-
-def kohya_file(out: Path, tensors, names=None) -> Path:
-    """A kohya / A1111 LoRA file: ``lora_unet_<path with underscores>.lora_down.weight`` and so on."""
-    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
-    state = {}
-    for (network, path), (down, up) in tensors.items():
-        stem = (names or {}).get(path) or prefixes[network] + path.replace(".", "_")
-        state |= {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up, f"{stem}.alpha": torch.tensor(ALPHA)}
-    save_file(state, str(out))
-    return out
+    return random_updates(
+        {(network, path): layer(networks, network, path).weight.shape for network, path in layers}, RANK, seed
+    )
 
 
 def expected_weight(original: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
@@ -121,7 +103,7 @@ def test_a_kohya_lora_adds_its_scaled_update_to_exactly_its_layers(engine, tiny_
     before = weights(networks)
     plain = engine.generate(request(tiny_models["sd1"])).images[0].pixels
     tensors = lora_tensors(networks, SD1_LAYERS)
-    lora = LoraSpec(str(kohya_file(tmp_path / "moss.safetensors", tensors)), 0.7)
+    lora = LoraSpec(str(write_kohya_lora(tmp_path / "moss.safetensors", tensors, ALPHA)), 0.7)
 
     styled = engine.generate(request(tiny_models["sd1"], lora)).images[0].pixels
 
@@ -142,8 +124,8 @@ def test_taking_loras_out_gives_back_the_very_same_weights_and_pixels(engine, ti
     networks = networks_of(engine, tiny_models["sd1"])
     before = weights(networks)
     plain = engine.generate(request(tiny_models["sd1"])).images[0].pixels
-    path = str(kohya_file(tmp_path / "a.safetensors", lora_tensors(networks, SD1_LAYERS)))
-    other = str(kohya_file(tmp_path / "b.safetensors", lora_tensors(networks, SD1_LAYERS[:2], seed=1)))
+    path = str(write_kohya_lora(tmp_path / "a.safetensors", lora_tensors(networks, SD1_LAYERS), ALPHA))
+    other = str(write_kohya_lora(tmp_path / "b.safetensors", lora_tensors(networks, SD1_LAYERS[:2], seed=1), ALPHA))
     for loras in [(LoraSpec(path, 1.0),), (LoraSpec(path, -0.5), LoraSpec(other, 2.0)), (LoraSpec(other),)]:
         engine.generate(request(tiny_models["sd1"], *loras))
 
@@ -155,7 +137,11 @@ def test_taking_loras_out_gives_back_the_very_same_weights_and_pixels(engine, ti
 
 def test_a_new_scale_is_merged_onto_the_original_not_onto_the_last_merge(tiny_models, tmp_path):
     first, fresh = Engine(EngineSettings(device="cpu")), Engine(EngineSettings(device="cpu"))
-    path = str(kohya_file(tmp_path / "a.safetensors", lora_tensors(networks_of(first, tiny_models["sd1"]), SD1_LAYERS)))
+    path = str(
+        write_kohya_lora(
+            tmp_path / "a.safetensors", lora_tensors(networks_of(first, tiny_models["sd1"]), SD1_LAYERS), ALPHA
+        )
+    )
     for scale in (1.0, 3.0, 0.5):
         first.generate(request(tiny_models["sd1"], LoraSpec(path, scale)))
     fresh.generate(request(tiny_models["sd1"], LoraSpec(path, 0.5)))
@@ -167,7 +153,7 @@ def test_a_new_scale_is_merged_onto_the_original_not_onto_the_last_merge(tiny_mo
 def test_a_scale_of_zero_gives_the_plain_picture(engine, tiny_models, tmp_path):
     networks = networks_of(engine, tiny_models["sd1"])
     plain = engine.generate(request(tiny_models["sd1"])).images[0].pixels
-    path = str(kohya_file(tmp_path / "a.safetensors", lora_tensors(networks, SD1_LAYERS)))
+    path = str(write_kohya_lora(tmp_path / "a.safetensors", lora_tensors(networks, SD1_LAYERS), ALPHA))
     zero = engine.generate(request(tiny_models["sd1"], LoraSpec(path, 0.0))).images[0].pixels
     np.testing.assert_array_equal(zero, plain)
 
@@ -176,7 +162,7 @@ def test_a_text_encoder_lora_changes_the_prompt_embeddings_kept_between_requests
     networks = networks_of(engine, tiny_models["sd1"])
     plain = engine.generate(request(tiny_models["sd1"])).images[0].pixels  # its embeddings are now kept
     text_only = [layer for layer in SD1_LAYERS if layer[0] == "text_encoder"]
-    path = str(kohya_file(tmp_path / "words.safetensors", lora_tensors(networks, text_only)))
+    path = str(write_kohya_lora(tmp_path / "words.safetensors", lora_tensors(networks, text_only), ALPHA))
     styled = engine.generate(request(tiny_models["sd1"], LoraSpec(path))).images[0].pixels
     assert np.abs(styled - plain).max() > 1e-3
     again = engine.generate(request(tiny_models["sd1"])).images[0].pixels
@@ -191,7 +177,7 @@ def test_sdxl_loras_in_the_original_block_names_and_for_both_text_encoders(engin
     layers += [("text_encoder_2", "text_model.encoder.layers.0.self_attn.v_proj")]
     tensors = lora_tensors(networks, layers)
     names = {path: name for name, path in SDXL_ORIGINAL_NAMES.items()}
-    lora = LoraSpec(str(kohya_file(tmp_path / "xl.safetensors", tensors, names)), 0.8)
+    lora = LoraSpec(str(write_kohya_lora(tmp_path / "xl.safetensors", tensors, ALPHA, names)), 0.8)
 
     engine.generate(request(tiny_models["sdxl"], lora))
 
@@ -244,7 +230,7 @@ def test_diffusers_and_peft_layouts_merge_like_kohyas(tiny_models, tmp_path, lay
         tensors = lora_tensors(networks, SD1_LAYERS)
         path = tmp_path / f"{kohya}.safetensors"
         if kohya:
-            kohya_file(path, tensors)
+            write_kohya_lora(path, tensors, ALPHA)
         else:
             state = {}
             for (network, module), (down, up) in tensors.items():
@@ -262,7 +248,7 @@ def test_two_loras_on_one_layer_add_up(engine, tiny_models, tmp_path):
     before = weights(networks)
     first, second = lora_tensors(networks, SD1_LAYERS[:1], seed=1), lora_tensors(networks, SD1_LAYERS[:1], seed=2)
     loras = [
-        LoraSpec(str(kohya_file(tmp_path / f"{n}.safetensors", t)), s)
+        LoraSpec(str(write_kohya_lora(tmp_path / f"{n}.safetensors", t, ALPHA)), s)
         for n, t, s in [(1, first, 0.5), (2, second, -2.0)]
     ]
     engine.generate(request(tiny_models["sd1"], *loras))
@@ -278,7 +264,9 @@ def test_a_model_loaded_again_gets_its_loras_merged_again(tiny_models, tmp_path)
     base = Engine(EngineSettings(device="cpu")).cache.base_pipeline(str(tiny_models["sd1"]))[0]
     first, again = copy.deepcopy(base.unet), copy.deepcopy(base.unet)
     unet_layers = [layer for layer in SD1_LAYERS if layer[0] == "unet"]
-    spec = LoraSpec(str(kohya_file(tmp_path / "a.safetensors", lora_tensors({"unet": first}, unet_layers))))
+    spec = LoraSpec(
+        str(write_kohya_lora(tmp_path / "a.safetensors", lora_tensors({"unet": first}, unet_layers), ALPHA))
+    )
     merger = LoraMerger()
     assert merger.merge("model", {"unet": first}, [spec], allow_pickle=False)
     assert merger.merge("model", {"unet": again}, [spec], allow_pickle=False)
@@ -298,7 +286,7 @@ def test_a_lora_reaches_the_layers_the_accelerator_fused_and_stacked(tiny_models
     stacked = prepared.get_submodule(SD1_LAYERS[2][1]).weight  # a view of every block's stacked projections
     assert stacked.data_ptr() != stacked.untyped_storage().data_ptr()
     unet_layers = [layer for layer in SD1_LAYERS if layer[0] == "unet"]
-    path = str(kohya_file(tmp_path / "a.safetensors", lora_tensors({"unet": plain}, unet_layers)))
+    path = str(write_kohya_lora(tmp_path / "a.safetensors", lora_tensors({"unet": plain}, unet_layers), ALPHA))
     torch.manual_seed(0)
     sample, text = torch.randn(2, 4, 8, 8), torch.randn(2, 77, plain.config.cross_attention_dim)
     with torch.no_grad():
@@ -316,14 +304,16 @@ def bad_loras(networks, tmp_path: Path) -> dict[str, tuple[Path, type[Exception]
     torch.save({"lora_unet_x.lora_down.weight": torch.zeros(1)}, pickled)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(
-        kohya_file(tmp_path / "whole.safetensors", lora_tensors(networks, SD1_LAYERS)).read_bytes()[:200]
+        write_kohya_lora(tmp_path / "whole.safetensors", lora_tensors(networks, SD1_LAYERS), ALPHA).read_bytes()[:200]
     )
     too_wide = lora_tensors(networks, SD1_LAYERS[:1])
     too_wide = {key: (torch.randn(RANK, down.shape[1] * 2), up) for key, (down, up) in too_wide.items()}
     full = tmp_path / "full.safetensors"  # LyCORIS' full-weight difference beside a LoRA layer
     full_tensors = lora_tensors(networks, SD1_LAYERS[:1])
     save_file(
-        {"lora_unet_conv_in.diff": torch.zeros(32, 4, 3, 3)} | load_file(str(kohya_file(full, full_tensors))), str(full)
+        {"lora_unet_conv_in.diff": torch.zeros(32, 4, 3, 3)}
+        | load_file(str(write_kohya_lora(full, full_tensors, ALPHA))),
+        str(full),
     )
     loha = tmp_path / "loha.safetensors"
     save_file({"lora_unet_a.hada_w1_a": torch.zeros(2, 2), "lora_unet_a.hada_w1_b": torch.zeros(2, 2)}, str(loha))
@@ -338,16 +328,20 @@ def bad_loras(networks, tmp_path: Path) -> dict[str, tuple[Path, type[Exception]
         "pickled": (pickled, UnsafeModelError, "pickled"),
         "broken": (broken, ModelError, "damaged"),
         "other family (names)": (stranger, ModelError, "another model family"),
-        "other family (sizes)": (kohya_file(tmp_path / "wide.safetensors", too_wide), ModelError, "another size"),
+        "other family (sizes)": (
+            write_kohya_lora(tmp_path / "wide.safetensors", too_wide, ALPHA),
+            ModelError,
+            "another size",
+        ),
         "loha": (loha, ModelError, "LoHa"),
         "full weights": (full, ModelError, "lora_unet_conv_in.diff"),
-        "not a lora": (kohya_file(tmp_path / "empty.safetensors", {}), ModelError, "no LoRA layers"),
+        "not a lora": (write_kohya_lora(tmp_path / "empty.safetensors", {}, ALPHA), ModelError, "no LoRA layers"),
     }
 
 
 def test_every_bad_lora_is_refused_with_a_message_and_the_model_is_left_as_it_was(engine, tiny_models, tmp_path):
     networks = networks_of(engine, tiny_models["sd1"])
-    good = LoraSpec(str(kohya_file(tmp_path / "good.safetensors", lora_tensors(networks, SD1_LAYERS))))
+    good = LoraSpec(str(write_kohya_lora(tmp_path / "good.safetensors", lora_tensors(networks, SD1_LAYERS), ALPHA)))
     engine.generate(request(tiny_models["sd1"], good))
     with_good = weights(networks)
     for name, (path, error, words) in bad_loras(networks, tmp_path).items():
@@ -365,7 +359,7 @@ def test_a_merge_that_fails_midway_is_redone_whole_by_the_next_request(tiny_mode
     engine = Engine(EngineSettings(device="cpu"))
     networks = networks_of(engine, tiny_models["sd1"])
     plain, before = engine.generate(request(tiny_models["sd1"])).images[0].pixels, weights(networks)
-    spec = LoraSpec(str(kohya_file(tmp_path / "a.safetensors", lora_tensors(networks, SD1_LAYERS))))
+    spec = LoraSpec(str(write_kohya_lora(tmp_path / "a.safetensors", lora_tensors(networks, SD1_LAYERS), ALPHA)))
     written, write = [], lora_module._write
 
     def failing_write(*args) -> None:
@@ -390,7 +384,7 @@ def test_a_pickled_lora_loads_only_when_the_artist_allows_it(tiny_models, tmp_pa
     engine = Engine(EngineSettings(device="cpu", allow_unsafe_pickle=True))
     networks = networks_of(engine, tiny_models["sd1"])
     tensors = lora_tensors(networks, SD1_LAYERS[:1])
-    safe = kohya_file(tmp_path / "a.safetensors", tensors)
+    safe = write_kohya_lora(tmp_path / "a.safetensors", tensors, ALPHA)
     torch.save(load_file(str(safe)), tmp_path / "a.pt")
     before = weights(networks)
     engine.generate(request(tiny_models["sd1"], LoraSpec(str(tmp_path / "a.pt"))))
@@ -401,7 +395,7 @@ def test_a_pickled_lora_loads_only_when_the_artist_allows_it(tiny_models, tmp_pa
 
 def test_loras_are_named_in_the_metadata_as_a1111_writes_them(engine, tiny_models, tmp_path):
     networks = networks_of(engine, tiny_models["sd1"])
-    path = str(kohya_file(tmp_path / "Moss Style.safetensors", lora_tensors(networks, SD1_LAYERS)))
+    path = str(write_kohya_lora(tmp_path / "Moss Style.safetensors", lora_tensors(networks, SD1_LAYERS), ALPHA))
     image = engine.generate(request(tiny_models["sd1"], LoraSpec(path, 0.65))).images[0]
     assert image.metadata["loras"] == [{"name": "Moss Style", "path": path, "scale": 0.65}]
     assert a1111_parameters(image.metadata).split("\n")[0] == "a mossy stone <lora:Moss Style:0.65>"
